@@ -1,0 +1,1 @@
+//! corecast-protocol: sans-io codecs.

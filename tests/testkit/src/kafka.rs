@@ -1,0 +1,1 @@
+//! Real Apache Kafka (KRaft, single node) for tests.

@@ -1,0 +1,1 @@
+//! Starts the real `corecast` binary for black-box tests.
