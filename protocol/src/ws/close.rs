@@ -63,3 +63,20 @@ impl fmt::Display for CloseCode {
         write!(f, "{}", self.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_validity() {
+        for c in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014, 3000, 4999,
+        ] {
+            assert!(CloseCode(c).is_valid_on_wire(), "{c}");
+        }
+        for c in [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, u16::MAX] {
+            assert!(!CloseCode(c).is_valid_on_wire(), "{c}");
+        }
+    }
+}

@@ -37,3 +37,38 @@ pub fn apply_mask_bytewise(buf: &mut [u8], key: [u8; 4], offset: usize) {
         *b ^= key[(offset + i) % 4];
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_bytewise_for_every_length_and_offset() {
+        let key = [0x12, 0x34, 0x56, 0x78];
+        for len in 0..80 {
+            for offset in 0..8 {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+                let mut fast = data.clone();
+                let mut slow = data.clone();
+                apply_mask(&mut fast, key, offset);
+                apply_mask_bytewise(&mut slow, key, offset);
+                assert_eq!(fast, slow, "len {len} offset {offset}");
+                apply_mask(&mut fast, key, offset);
+                assert_eq!(fast, data, "masking twice restores the input");
+            }
+        }
+    }
+
+    #[test]
+    fn pieces_with_offsets_equal_whole() {
+        let key = [1, 2, 3, 4];
+        let data: Vec<u8> = (0..100u8).collect();
+        let mut whole = data.clone();
+        apply_mask(&mut whole, key, 0);
+        let mut pieces = data.clone();
+        let (a, b) = pieces.split_at_mut(37);
+        apply_mask(a, key, 0);
+        apply_mask(b, key, 37);
+        assert_eq!(pieces, whole);
+    }
+}

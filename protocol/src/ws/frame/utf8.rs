@@ -66,3 +66,43 @@ impl Utf8Validator {
         self.pending_len = 0;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid_in_pieces(bytes: &[u8], cut: usize) -> bool {
+        let mut v = Utf8Validator::default();
+        v.feed(&bytes[..cut]) && v.feed(&bytes[cut..]) && v.is_complete()
+    }
+
+    #[test]
+    fn every_split_agrees_with_std() {
+        let samples: [&[u8]; 8] = [
+            "héllo €𝄞 done".as_bytes(),
+            b"plain ascii",
+            b"\xe2\x82",
+            b"\xf0\x9d\x84",
+            b"a\xc3\x28b",
+            b"\xed\xa0\x80",     // surrogate
+            b"\xf4\x90\x80\x80", // above U+10FFFF
+            b"\xc0\xaf",         // overlong
+        ];
+        for s in samples {
+            let want = std::str::from_utf8(s).is_ok();
+            for cut in 0..=s.len() {
+                assert_eq!(valid_in_pieces(s, cut), want, "{s:?} cut {cut}");
+            }
+        }
+    }
+
+    #[test]
+    fn one_byte_at_a_time() {
+        let s = "€𝄞é".as_bytes();
+        let mut v = Utf8Validator::default();
+        for b in s {
+            assert!(v.feed(std::slice::from_ref(b)));
+        }
+        assert!(v.is_complete());
+    }
+}
