@@ -1,0 +1,3 @@
+//! corecast server (the crate doc walking the layout lands with the shards).
+
+pub mod fanout;
