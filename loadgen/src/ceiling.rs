@@ -14,7 +14,7 @@ use io_uring::{opcode, squeue, types};
 use serde::Serialize;
 
 use crate::engine::addr::SourceAddrs;
-use crate::engine::uring::{self, BufRing, Uring, SOCKADDR_IN_LEN};
+use crate::engine::uring::{self, connect_chain, BufRing, Uring};
 
 /// Options of the `ceiling` run.
 #[derive(Clone, Debug, clap::Args)]
@@ -403,43 +403,6 @@ impl Sender {
         }
         Ok((sends, bytes, elapsed))
     }
-}
-
-/// The linked SQEs that open a socket straight into fixed `slot`, bind it to
-/// `src` (port 0: the kernel picks one) and connect it to `dst`. Only the
-/// connect posts a completion on success.
-pub fn connect_chain(
-    slot: u32,
-    src: &libc::sockaddr_in,
-    dst: &libc::sockaddr_in,
-    chain_ud: u64,
-    connect_ud: u64,
-) -> [squeue::Entry; 3] {
-    let dest = types::DestinationSlot::try_from_slot_target(slot)
-        .expect("slot below the auto-alloc marker");
-    let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
-    [
-        opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
-            .file_index(Some(dest))
-            .build()
-            .flags(link)
-            .user_data(chain_ud),
-        opcode::Bind::new(
-            types::Fixed(slot),
-            (src as *const libc::sockaddr_in).cast(),
-            SOCKADDR_IN_LEN,
-        )
-        .build()
-        .flags(link)
-        .user_data(chain_ud),
-        opcode::Connect::new(
-            types::Fixed(slot),
-            (dst as *const libc::sockaddr_in).cast(),
-            SOCKADDR_IN_LEN,
-        )
-        .build()
-        .user_data(connect_ud),
-    ]
 }
 
 impl CeilingReport {

@@ -3,6 +3,7 @@
 
 mod ceiling;
 mod engine;
+mod scenario;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -22,6 +23,8 @@ struct Cli {
 enum Command {
     /// Bare io_uring sender and receiver on loopback: the kernel's ceiling.
     Ceiling(ceiling::CeilingArgs),
+    /// Hold N idle authenticated connections; connect rate and server RSS per connection.
+    Conns(scenario::conns::ConnsArgs),
 }
 
 fn main() -> Result<()> {
@@ -35,6 +38,13 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Ceiling(args) => {
             let report = ceiling::run(&args)?;
+            report.print();
+            if let Some(path) = &args.json {
+                std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
+            }
+        }
+        Command::Conns(args) => {
+            let report = scenario::conns::run(&args, &scenario::Progress::new())?;
             report.print();
             if let Some(path) = &args.json {
                 std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;

@@ -5,7 +5,7 @@
 use std::io;
 use std::time::Duration;
 
-use io_uring::{cqueue, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 /// One completion, copied out of the CQ so the ring can be borrowed again.
 #[derive(Clone, Copy, Debug)]
@@ -208,6 +208,13 @@ impl BufRing {
         &self.bufs[start..start + len.min(self.buf_size)]
     }
 
+    /// Mutable view of the first `len` bytes of buffer `bid` (the kernel is
+    /// done with it until it is recycled).
+    pub fn data_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {
+        let start = bid as usize * self.buf_size;
+        &mut self.bufs[start..start + len.min(self.buf_size)]
+    }
+
     /// Hand buffer `bid` back to the kernel (visible after `publish`).
     pub fn recycle(&mut self, bid: u16) {
         let mask = self.count - 1;
@@ -291,4 +298,41 @@ pub fn mono_ns() -> u64 {
         libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts);
     }
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The linked SQEs that open a socket straight into fixed `slot`, bind it to
+/// `src` (port 0: the kernel picks one) and connect it to `dst`. Only the
+/// connect posts a completion on success.
+pub fn connect_chain(
+    slot: u32,
+    src: &libc::sockaddr_in,
+    dst: &libc::sockaddr_in,
+    chain_ud: u64,
+    connect_ud: u64,
+) -> [squeue::Entry; 3] {
+    let dest = types::DestinationSlot::try_from_slot_target(slot)
+        .expect("slot below the auto-alloc marker");
+    let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
+    [
+        opcode::Socket::new(libc::AF_INET, libc::SOCK_STREAM, 0)
+            .file_index(Some(dest))
+            .build()
+            .flags(link)
+            .user_data(chain_ud),
+        opcode::Bind::new(
+            types::Fixed(slot),
+            (src as *const libc::sockaddr_in).cast(),
+            SOCKADDR_IN_LEN,
+        )
+        .build()
+        .flags(link)
+        .user_data(chain_ud),
+        opcode::Connect::new(
+            types::Fixed(slot),
+            (dst as *const libc::sockaddr_in).cast(),
+            SOCKADDR_IN_LEN,
+        )
+        .build()
+        .user_data(connect_ud),
+    ]
 }

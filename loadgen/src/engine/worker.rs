@@ -1,0 +1,700 @@
+//! One engine worker: a thread, an io_uring with a sparse file table of up to
+//! `MAX_CONNS_PER_WORKER` slots, and the connections living in those slots.
+//!
+//! Life of a connection: socket → bind → connect (one linked chain into its
+//! fixed slot) → [WS upgrade] → op 7 → op 8 → reading (multishot receive on the
+//! shared buffer ring) with op-2 heartbeats → shutdown + close.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use corecast_protocol::auth::AuthRequest;
+use corecast_protocol::packet::{encode_packet_to_vec, op};
+use corecast_protocol::ws::frame::{encode_client_frame, FrameDecoder, Opcode};
+use corecast_protocol::ws::handshake::{
+    key_from_bytes, parse_upgrade_response, write_upgrade_request,
+};
+use hdrhistogram::Histogram;
+use io_uring::{cqueue, opcode, squeue, types};
+
+use super::addr::SourceAddrs;
+use super::conn::{parse_stream, Conn, Outcome, RecvCtx, State};
+use super::stats::{new_histogram, SharedHistograms, SharedTotals, Totals};
+use super::uring::{self, connect_chain, BufRing, Completion, Uring};
+use super::{AuthMode, ClientPlan, Control, Transport, PHASE_RUN};
+
+pub(crate) struct WorkerSpec {
+    pub index: usize,
+    pub first_conn: u64,
+    pub conns: u32,
+    pub plan: Arc<ClientPlan>,
+    pub control: Arc<Control>,
+    pub totals: Arc<SharedTotals>,
+    pub hists: Arc<SharedHistograms>,
+}
+
+// user_data: kind (8 bits) | generation (16 bits) | connection index (32 bits).
+const K_CONNECT: u64 = 1;
+const K_CHAIN: u64 = 2;
+const K_SEND_OWNED: u64 = 3;
+const K_SEND_STATIC: u64 = 4;
+const K_RECV: u64 = 5;
+const K_SHUTDOWN: u64 = 6;
+const K_CLOSE: u64 = 7;
+const K_CANCEL: u64 = 8;
+
+fn ud(kind: u64, gen: u16, idx: u32) -> u64 {
+    kind << 56 | (gen as u64) << 32 | idx as u64
+}
+
+fn split(ud: u64) -> (u64, u16, u32) {
+    (ud >> 56, (ud >> 32) as u16, ud as u32)
+}
+
+/// Receive buffers shared by all connections of a worker.
+const RECV_BUFFERS: u16 = 2048;
+const RECV_BUFFER_SIZE: usize = 4096;
+/// After the close phase starts, give outstanding closes this long.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+pub(crate) fn run(spec: WorkerSpec) -> Result<String> {
+    if let Some(cpu) = spec.plan.cpu {
+        uring::pin_to_cpu(cpu);
+    }
+    let mut w = Worker::new(spec)?;
+    w.run()?;
+    Ok(w.first_error)
+}
+
+struct Worker {
+    // Field order: the ring is dropped before the buffers it points into.
+    ring: Uring,
+    bufs: BufRing,
+    conns: Vec<Conn>,
+    spec: WorkerSpec,
+    sources: SourceAddrs,
+    dst: Box<libc::sockaddr_in>,
+    ws_key: String,
+    upgrade_request: Box<[u8]>,
+    heartbeat: Box<[u8]>,
+    mask_key: [u8; 4],
+    decoder: FrameDecoder,
+    totals: Totals,
+    latency: Histogram<u64>,
+    auth_latency: Histogram<u64>,
+    /// (due ms, idx, gen): FIFO because every entry waits the same period.
+    heartbeats: VecDeque<(u32, u32, u16)>,
+    /// Storm: (due ms, idx, gen) of authenticated connections to close.
+    churn: VecDeque<(u32, u32, u16)>,
+    /// Slots to reconnect once their close completed (storm).
+    reconnect: VecDeque<u32>,
+    next_start: u32,
+    inflight_connects: u32,
+    open: u32,
+    epoch: Instant,
+    connect_credit: f64,
+    last_credit: Instant,
+    first_error: String,
+}
+
+impl Worker {
+    fn new(spec: WorkerSpec) -> Result<Self> {
+        let plan = spec.plan.clone();
+        let ring = Uring::new(4096, spec.conns.max(1))
+            .context("creating the worker io_uring (is io_uring allowed?)")?;
+        let bufs = BufRing::new(&ring, 0, RECV_BUFFERS, RECV_BUFFER_SIZE)
+            .context("registering the receive buffer ring")?;
+        let seed = (spec.index as u32 + 1).wrapping_mul(0x9e37_79b9) ^ std::process::id();
+        let mask_key = seed.to_be_bytes();
+        let mut key_bytes = [0u8; 16];
+        for (i, b) in key_bytes.iter_mut().enumerate() {
+            *b = (seed.rotate_left(i as u32 * 3) >> (i % 4 * 8)) as u8 ^ i as u8;
+        }
+        let ws_key = key_from_bytes(key_bytes);
+        let mut upgrade = Vec::new();
+        let host = plan.server.to_string();
+        write_upgrade_request(&host, &plan.ws_path, &ws_key, &mut upgrade);
+        let hb_packet = encode_packet_to_vec(op::HEARTBEAT, 0, b"");
+        let heartbeat = match plan.transport {
+            Transport::Ws => {
+                let mut f = Vec::new();
+                encode_client_frame(Opcode::Binary, &hb_packet, mask_key, &mut f);
+                f
+            }
+            Transport::Tcp => hb_packet,
+        };
+        // The second octet spreads workers over different address blocks.
+        let sources = SourceAddrs::new(1 + (spec.index % 200) as u8, plan.per_source_addr);
+        let conns = (0..spec.conns).map(|_| Conn::new()).collect();
+        Ok(Self {
+            ring,
+            bufs,
+            conns,
+            sources,
+            dst: Box::new(uring::sockaddr_v4(*plan.server.ip(), plan.server.port())),
+            ws_key,
+            upgrade_request: upgrade.into_boxed_slice(),
+            heartbeat: heartbeat.into_boxed_slice(),
+            mask_key,
+            decoder: FrameDecoder::client(super::conn::MAX_SERVER_PACKET),
+            totals: Totals::default(),
+            latency: new_histogram(),
+            auth_latency: new_histogram(),
+            heartbeats: VecDeque::new(),
+            churn: VecDeque::new(),
+            reconnect: VecDeque::new(),
+            next_start: 0,
+            inflight_connects: 0,
+            open: 0,
+            epoch: Instant::now(),
+            connect_credit: 0.0,
+            last_credit: Instant::now(),
+            first_error: String::new(),
+            spec,
+        })
+    }
+
+    fn now_ms(&self) -> u32 {
+        self.epoch.elapsed().as_millis() as u32
+    }
+
+    fn run(&mut self) -> Result<()> {
+        let mut last_flush = Instant::now();
+        let mut closing_since: Option<Instant> = None;
+        loop {
+            let closing = self.spec.control.phase.load(Ordering::Acquire) != PHASE_RUN
+                || Instant::now() >= self.spec.plan.deadline;
+            if closing {
+                if closing_since.is_none() {
+                    closing_since = Some(Instant::now());
+                    self.close_all()?;
+                }
+                if self.open == 0 || closing_since.is_some_and(|t| t.elapsed() > CLOSE_GRACE) {
+                    break;
+                }
+            } else {
+                self.start_connects()?;
+                self.run_timers()?;
+            }
+            self.ring.wait(Duration::from_millis(10))?;
+            let comps = self.ring.take_completions();
+            for c in &comps {
+                self.on_completion(c)?;
+            }
+            self.ring.restore_completions(comps);
+            self.bufs.publish();
+            self.spec.totals.publish(&self.totals);
+            if last_flush.elapsed() >= Duration::from_millis(100) {
+                self.spec
+                    .hists
+                    .flush(&mut self.latency, &mut self.auth_latency);
+                last_flush = Instant::now();
+            }
+        }
+        self.ring.submit()?;
+        self.spec
+            .hists
+            .flush(&mut self.latency, &mut self.auth_latency);
+        self.spec.totals.publish(&self.totals);
+        Ok(())
+    }
+
+    fn note_error(&mut self, what: impl FnOnce() -> String) {
+        if self.first_error.is_empty() {
+            self.first_error = format!("worker {}: {}", self.spec.index, what());
+        }
+    }
+
+    /// Start connects within the in-flight cap and the rate limit.
+    fn start_connects(&mut self) -> Result<()> {
+        let plan = &self.spec.plan;
+        let mut budget = plan
+            .max_inflight_connects
+            .saturating_sub(self.inflight_connects);
+        if plan.connect_rate > 0 {
+            let per_worker = plan.connect_rate as f64 / plan.workers as f64;
+            let now = Instant::now();
+            self.connect_credit = (self.connect_credit
+                + now.duration_since(self.last_credit).as_secs_f64() * per_worker)
+                .min(per_worker.max(1.0));
+            self.last_credit = now;
+            budget = budget.min(self.connect_credit as u32);
+        }
+        let mut started = 0;
+        while started < budget {
+            let idx = if let Some(idx) = self.reconnect.pop_front() {
+                if self.conns[idx as usize].pending.is_some() {
+                    // A send still reads its buffer; try again next turn.
+                    self.reconnect.push_back(idx);
+                    break;
+                }
+                idx
+            } else if self.next_start < self.spec.conns {
+                self.next_start += 1;
+                self.next_start - 1
+            } else {
+                break;
+            };
+            self.start_connect(idx)?;
+            started += 1;
+        }
+        self.connect_credit -= started as f64;
+        Ok(())
+    }
+
+    fn start_connect(&mut self, idx: u32) -> Result<()> {
+        let now_us = self.epoch.elapsed().as_micros() as u32;
+        let c = &mut self.conns[idx as usize];
+        c.gen = c.gen.wrapping_add(1);
+        c.state = State::Connecting;
+        c.started_us = now_us;
+        c.last_seq = 0;
+        c.spill = None;
+        let gen = c.gen;
+        let src = self.sources.next();
+        // SAFETY (of the pointers inside the chain): `src` lives in the
+        // SourceAddrs table (reused only thousands of connects later) and
+        // `dst` in a Box owned by this worker.
+        let chain = connect_chain(
+            idx,
+            src,
+            &self.dst,
+            ud(K_CHAIN, gen, idx),
+            ud(K_CONNECT, gen, idx),
+        );
+        self.ring.push_chain(&chain)?;
+        self.inflight_connects += 1;
+        self.open += 1;
+        self.totals.connects_started += 1;
+        Ok(())
+    }
+
+    fn run_timers(&mut self) -> Result<()> {
+        let now = self.now_ms();
+        let period = self.spec.plan.heartbeat.as_millis() as u32;
+        while let Some(&(due, idx, gen)) = self.heartbeats.front() {
+            if due > now {
+                break;
+            }
+            self.heartbeats.pop_front();
+            let c = &self.conns[idx as usize];
+            if c.gen != gen || !matches!(c.state, State::Ready | State::Slow) {
+                continue;
+            }
+            let e = opcode::Send::new(
+                types::Fixed(idx),
+                self.heartbeat.as_ptr(),
+                self.heartbeat.len() as u32,
+            )
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(K_SEND_STATIC, gen, idx));
+            self.ring.push(&e)?;
+            self.heartbeats.push_back((now + period, idx, gen));
+        }
+        while let Some(&(due, idx, gen)) = self.churn.front() {
+            if due > now {
+                break;
+            }
+            self.churn.pop_front();
+            let c = &self.conns[idx as usize];
+            if c.gen == gen && matches!(c.state, State::Ready | State::Slow) {
+                self.totals.closed_by_client += 1;
+                self.close_slot(idx)?;
+                self.reconnect.push_back(idx);
+            }
+        }
+        Ok(())
+    }
+
+    fn close_all(&mut self) -> Result<()> {
+        self.reconnect.clear();
+        for idx in 0..self.conns.len() as u32 {
+            match self.conns[idx as usize].state {
+                State::Ready | State::Slow => {
+                    self.totals.closed_by_client += 1;
+                    self.close_slot(idx)?;
+                }
+                State::Connecting => {} // closed when its connect completes
+                State::Handshaking | State::Authing => self.close_slot(idx)?,
+                State::Idle | State::Closing | State::Closed => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Shutdown (so a pending multishot receive ends and the peer sees FIN)
+    /// then close the fixed slot.
+    fn close_slot(&mut self, idx: u32) -> Result<()> {
+        let c = &mut self.conns[idx as usize];
+        if matches!(c.state, State::Idle | State::Closing | State::Closed) {
+            return Ok(());
+        }
+        c.state = State::Closing;
+        let gen = c.gen;
+        let chain = [
+            opcode::Shutdown::new(types::Fixed(idx), libc::SHUT_RDWR)
+                .build()
+                .flags(squeue::Flags::IO_HARDLINK | squeue::Flags::SKIP_SUCCESS)
+                .user_data(ud(K_SHUTDOWN, gen, idx)),
+            opcode::Close::new(types::Fixed(idx))
+                .build()
+                .user_data(ud(K_CLOSE, gen, idx)),
+        ];
+        self.ring.push_chain(&chain)?;
+        Ok(())
+    }
+
+    fn fail(&mut self, idx: u32, why: impl FnOnce() -> String) -> Result<()> {
+        self.totals.failed += 1;
+        self.note_error(why);
+        self.close_slot(idx)
+    }
+
+    fn arm_recv(&mut self, idx: u32) -> Result<()> {
+        let c = &mut self.conns[idx as usize];
+        c.recv_armed = true;
+        let e = opcode::RecvMulti::new(types::Fixed(idx), self.bufs.bgid())
+            .build()
+            .user_data(ud(K_RECV, c.gen, idx));
+        Ok(self.ring.push(&e)?)
+    }
+
+    fn send_static(&mut self, idx: u32, data: *const u8, len: usize) -> Result<()> {
+        let gen = self.conns[idx as usize].gen;
+        let e = opcode::Send::new(types::Fixed(idx), data, len as u32)
+            .build()
+            .flags(squeue::Flags::SKIP_SUCCESS)
+            .user_data(ud(K_SEND_STATIC, gen, idx));
+        Ok(self.ring.push(&e)?)
+    }
+
+    /// Send a buffer owned by the connection until its completion arrives.
+    fn send_owned(&mut self, idx: u32, data: Vec<u8>) -> Result<()> {
+        let c = &mut self.conns[idx as usize];
+        if c.pending.is_some() {
+            // One owned send at a time; only a pong can collide, and pongs are optional.
+            return Ok(());
+        }
+        let buf = data.into_boxed_slice();
+        let e = opcode::Send::new(types::Fixed(idx), buf.as_ptr(), buf.len() as u32)
+            .build()
+            .user_data(ud(K_SEND_OWNED, c.gen, idx));
+        c.pending = Some(buf);
+        Ok(self.ring.push(&e)?)
+    }
+
+    fn auth_bytes(&self, idx: u32) -> Vec<u8> {
+        let plan = &self.spec.plan;
+        let g = self.spec.first_conn + idx as u64;
+        let mid = plan.mid_base + g as i64;
+        let room_id = plan
+            .room_of(g)
+            .map(|r| format!("{}://{}", plan.room_type, r))
+            .unwrap_or_default();
+        let token = match &plan.auth {
+            AuthMode::Insecure => None,
+            AuthMode::Hs256 { secret } => {
+                Some(super::token::mint_hs256(secret, mid, plan.deadline))
+            }
+        };
+        let req = AuthRequest {
+            mid,
+            key: String::new(),
+            room_id,
+            platform: "web".into(),
+            accepts: plan.accepts.clone(),
+            token,
+        };
+        let packet = encode_packet_to_vec(op::AUTH, 1, &req.to_json());
+        match plan.transport {
+            Transport::Tcp => packet,
+            Transport::Ws => {
+                let mut f = Vec::with_capacity(packet.len() + 14);
+                encode_client_frame(Opcode::Binary, &packet, self.mask_key, &mut f);
+                f
+            }
+        }
+    }
+
+    fn on_completion(&mut self, c: &Completion) -> Result<()> {
+        let (kind, gen, idx) = split(c.user_data);
+        if kind == K_RECV {
+            return self.on_recv(c, gen, idx);
+        }
+        let current = self
+            .conns
+            .get(idx as usize)
+            .is_some_and(|conn| conn.gen == gen);
+        match kind {
+            K_CONNECT => {
+                self.inflight_connects -= 1;
+                if !current {
+                    return Ok(());
+                }
+                if self.conns[idx as usize].state != State::Connecting {
+                    // The close phase began meanwhile.
+                    return self.close_slot_after_connect(idx, c.result);
+                }
+                if c.result < 0 {
+                    let err = std::io::Error::from_raw_os_error(-c.result);
+                    return self.fail(idx, || format!("connect: {err}"));
+                }
+                self.totals.connected += 1;
+                self.arm_recv(idx)?;
+                match self.spec.plan.transport {
+                    Transport::Ws => {
+                        self.conns[idx as usize].state = State::Handshaking;
+                        let (p, l) = (self.upgrade_request.as_ptr(), self.upgrade_request.len());
+                        self.send_static(idx, p, l)?;
+                    }
+                    Transport::Tcp => {
+                        self.conns[idx as usize].state = State::Authing;
+                        let auth = self.auth_bytes(idx);
+                        self.send_owned(idx, auth)?;
+                    }
+                }
+            }
+            K_CHAIN if c.result < 0 && c.result != -libc::ECANCELED => {
+                let err = std::io::Error::from_raw_os_error(-c.result);
+                self.note_error(|| format!("socket/bind: {err}"));
+            }
+            K_SEND_OWNED => {
+                if let Some(conn) = self.conns.get_mut(idx as usize) {
+                    // Freed whatever the generation: the kernel is done with it.
+                    let len = conn.pending.take().map_or(0, |b| b.len());
+                    if current && c.result >= 0 && (c.result as usize) < len {
+                        self.totals.protocol_errors += 1;
+                        return self.fail(idx, || "short send of a small buffer".into());
+                    }
+                }
+                if current && c.result < 0 {
+                    return self.on_send_error(idx, c.result);
+                }
+            }
+            K_SEND_STATIC if current && c.result < 0 => return self.on_send_error(idx, c.result),
+            K_CLOSE if current => {
+                let conn = &mut self.conns[idx as usize];
+                conn.state = State::Closed;
+                conn.spill = None;
+                self.open -= 1;
+            }
+            // Socket/bind errors surface again as the connect's ECANCELED;
+            // shutdown errors (ENOTCONN after a reset) and cancels need nothing.
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// A connect completed after the close phase began: just free the slot.
+    fn close_slot_after_connect(&mut self, idx: u32, result: i32) -> Result<()> {
+        if result == 0 {
+            self.totals.connected += 1;
+        }
+        let conn = &mut self.conns[idx as usize];
+        if conn.state == State::Connecting {
+            conn.state = State::Handshaking; // any open state, so close_slot acts
+        }
+        self.close_slot(idx)
+    }
+
+    fn on_send_error(&mut self, idx: u32, result: i32) -> Result<()> {
+        let err = std::io::Error::from_raw_os_error(-result);
+        match self.conns[idx as usize].state {
+            State::Ready | State::Slow => self.on_server_close(idx, format!("send: {err}")),
+            State::Handshaking | State::Authing => self.fail(idx, || format!("send: {err}")),
+            _ => Ok(()),
+        }
+    }
+
+    /// The server closed (or broke) a connection.
+    fn on_server_close(&mut self, idx: u32, why: String) -> Result<()> {
+        match self.conns[idx as usize].state {
+            State::Ready | State::Slow => {
+                self.totals.closed_by_server += 1;
+                self.note_error(|| format!("server closed an authenticated connection: {why}"));
+                self.close_slot(idx)
+            }
+            State::Connecting | State::Handshaking | State::Authing => self.fail(idx, || why),
+            _ => Ok(()),
+        }
+    }
+
+    fn on_recv(&mut self, c: &Completion, gen: u16, idx: u32) -> Result<()> {
+        let bid = cqueue::buffer_select(c.flags);
+        let current = self
+            .conns
+            .get(idx as usize)
+            .is_some_and(|conn| conn.gen == gen);
+        let more = uring::more(c.flags);
+        if current && !more {
+            self.conns[idx as usize].recv_armed = false;
+        }
+        if !current {
+            if let Some(bid) = bid {
+                self.bufs.recycle(bid);
+            }
+            return Ok(());
+        }
+        if c.result > 0 {
+            let bid = bid.expect("a receive with data always selects a buffer");
+            let outcome = self.on_data(idx, bid, c.result as usize);
+            self.bufs.recycle(bid);
+            self.apply(idx, outcome?)?;
+            let conn = &self.conns[idx as usize];
+            if !conn.recv_armed
+                && matches!(
+                    conn.state,
+                    State::Handshaking | State::Authing | State::Ready
+                )
+            {
+                self.arm_recv(idx)?;
+            }
+            return Ok(());
+        }
+        if let Some(bid) = bid {
+            self.bufs.recycle(bid);
+        }
+        let state = self.conns[idx as usize].state;
+        match c.result {
+            r if r == -libc::ENOBUFS => {
+                if matches!(state, State::Handshaking | State::Authing | State::Ready) {
+                    self.arm_recv(idx)?;
+                }
+                Ok(())
+            }
+            r if r == -libc::ECANCELED && state == State::Slow => Ok(()),
+            0 => self.on_server_close(idx, "EOF".into()),
+            r => self.on_server_close(
+                idx,
+                format!("recv: {}", std::io::Error::from_raw_os_error(-r)),
+            ),
+        }
+    }
+
+    /// Feed received bytes to the connection's parser (spilling a partial tail).
+    fn on_data(&mut self, idx: u32, bid: u16, len: usize) -> Result<Outcome> {
+        self.totals.bytes += len as u64;
+        let ws = self.spec.plan.transport == Transport::Ws;
+        if !ws {
+            self.totals.frames += 1;
+        }
+        let mut out = Outcome::default();
+        let conn = &mut self.conns[idx as usize];
+        let data = self.bufs.data_mut(bid, len);
+        if conn.state == State::Handshaking {
+            let spill = conn.spill.get_or_insert_with(Default::default);
+            spill.extend_from_slice(data);
+            match parse_upgrade_response(spill, &self.ws_key) {
+                Ok(Some(n)) => {
+                    spill.drain(..n);
+                    if spill.is_empty() {
+                        conn.spill = None;
+                    }
+                    conn.state = State::Authing;
+                    out.auth = None;
+                    // Send op 7 now; any bytes after the 101 are frames.
+                    let auth = self.auth_bytes(idx);
+                    self.send_owned(idx, auth)?;
+                    let conn = &mut self.conns[idx as usize];
+                    if let Some(mut spill) = conn.spill.take() {
+                        let mut ctx = RecvCtx {
+                            totals: &mut self.totals,
+                            latency: &mut self.latency,
+                            now_ns: uring::mono_ns(),
+                            ws: Some(&mut self.decoder),
+                        };
+                        let n = parse_stream(&mut ctx, conn, &mut spill[..], &mut out);
+                        spill.drain(..n);
+                        if !spill.is_empty() {
+                            conn.spill = Some(spill);
+                        }
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => out.close = Some(format!("websocket handshake: {e}")),
+            }
+            return Ok(out);
+        }
+        if !matches!(conn.state, State::Authing | State::Ready) {
+            return Ok(out);
+        }
+        let mut ctx = RecvCtx {
+            totals: &mut self.totals,
+            latency: &mut self.latency,
+            now_ns: uring::mono_ns(),
+            ws: if ws { Some(&mut self.decoder) } else { None },
+        };
+        if let Some(mut spill) = conn.spill.take() {
+            spill.extend_from_slice(data);
+            let n = parse_stream(&mut ctx, conn, &mut spill[..], &mut out);
+            spill.drain(..n);
+            if !spill.is_empty() {
+                conn.spill = Some(spill);
+            }
+        } else {
+            let n = parse_stream(&mut ctx, conn, data, &mut out);
+            if n < data.len() {
+                conn.spill = Some(Box::new(data[n..].to_vec()));
+            }
+        }
+        if out.close.is_some() && ws {
+            // A broken stream may leave the shared decoder mid-message.
+            self.decoder = FrameDecoder::client(super::conn::MAX_SERVER_PACKET);
+        }
+        Ok(out)
+    }
+
+    fn apply(&mut self, idx: u32, out: Outcome) -> Result<()> {
+        match out.auth {
+            Some(Ok(())) => self.on_authed(idx)?,
+            Some(Err(body)) => return self.fail(idx, || format!("auth rejected: {body}")),
+            None => {}
+        }
+        if let Some(ping) = out.pong {
+            let mut f = Vec::with_capacity(ping.len() + 6);
+            encode_client_frame(Opcode::Pong, &ping, self.mask_key, &mut f);
+            self.send_owned(idx, f)?;
+        }
+        if let Some(why) = out.close {
+            self.on_server_close(idx, why)?;
+        }
+        Ok(())
+    }
+
+    fn on_authed(&mut self, idx: u32) -> Result<()> {
+        let now_us = self.epoch.elapsed().as_micros() as u32;
+        let now_ms = self.now_ms();
+        let plan = self.spec.plan.clone();
+        let g = self.spec.first_conn + idx as u64;
+        let conn = &mut self.conns[idx as usize];
+        self.totals.authed += 1;
+        let _ = self
+            .auth_latency
+            .record((now_us.wrapping_sub(conn.started_us) as u64).max(1));
+        let gen = conn.gen;
+        if plan.is_slow(g) {
+            conn.state = State::Slow;
+            if conn.recv_armed {
+                let e = opcode::AsyncCancel::new(ud(K_RECV, gen, idx))
+                    .build()
+                    .user_data(ud(K_CANCEL, gen, idx));
+                self.ring.push(&e)?;
+            }
+        } else {
+            conn.state = State::Ready;
+        }
+        if !plan.heartbeat.is_zero() {
+            self.heartbeats
+                .push_back((now_ms + plan.heartbeat.as_millis() as u32, idx, gen));
+        }
+        if let Some(after) = plan.churn_after {
+            self.churn
+                .push_back((now_ms + after.as_millis() as u32, idx, gen));
+        }
+        Ok(())
+    }
+}
