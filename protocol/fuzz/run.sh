@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every fuzz target of corecast-protocol for a bounded time.
+#
+#   protocol/fuzz/run.sh [seconds-per-target] [target...]
+#
+# Needs only a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass the
+# nightly-only sanitizer flags. Installs cargo-fuzz if missing. Prints the
+# execution count of each run (libFuzzer's "Done N runs" line).
+set -euo pipefail
+
+secs="${1:-60}"
+shift || true
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    targets=(packet_decoder frame_decoder handshake)
+fi
+
+cd "$(dirname "$0")/.."   # protocol/, where cargo-fuzz looks for fuzz/
+
+if ! cargo fuzz --version >/dev/null 2>&1; then
+    echo "installing cargo-fuzz" >&2
+    cargo install cargo-fuzz --locked
+fi
+
+export RUSTC_BOOTSTRAP=1
+for t in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$t"
+    echo "== $t for ${secs}s" >&2
+    log="fuzz/$t.log"
+    cargo fuzz run --release --debug-assertions "$t" "fuzz/corpus/$t" -- \
+        -max_total_time="$secs" -print_final_stats=1 2>&1 | tee "$log" | grep -E '^(Done|#[0-9]+ +DONE)|ERROR|panicked' || true
+    if grep -q -E 'ERROR: libFuzzer|deadly signal|panicked' "$log"; then
+        echo "$t: CRASH, see $log and fuzz/artifacts/$t" >&2
+        exit 1
+    fi
+    runs=$(grep -oE 'Done [0-9]+ runs' "$log" | tail -1 | grep -oE '[0-9]+' || echo '?')
+    echo "$t: $runs executions in ${secs}s, no crash"
+done
