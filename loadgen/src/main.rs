@@ -3,6 +3,7 @@
 
 mod ceiling;
 mod engine;
+mod http;
 mod scenario;
 
 use anyhow::Result;
@@ -25,6 +26,14 @@ enum Command {
     Ceiling(ceiling::CeilingArgs),
     /// Hold N idle authenticated connections; connect rate and server RSS per connection.
     Conns(scenario::conns::ConnsArgs),
+    /// goim-shape room broadcast through /goim/push/room: delivered msgs/s, latency, loss.
+    Broadcast(scenario::broadcast::BroadcastArgs),
+    /// One client per push through /goim/push/mids.
+    Unicast(scenario::broadcast::UnicastArgs),
+    /// Connect / disconnect churn.
+    Storm(scenario::storm::StormArgs),
+    /// Broadcast with a share of clients that stop reading, against a run without them.
+    Slow(scenario::broadcast::SlowArgs),
 }
 
 fn main() -> Result<()> {
@@ -39,17 +48,40 @@ fn main() -> Result<()> {
         Command::Ceiling(args) => {
             let report = ceiling::run(&args)?;
             report.print();
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-            }
+            write_json(args.json.as_deref(), &report)?;
         }
         Command::Conns(args) => {
             let report = scenario::conns::run(&args, &scenario::Progress::new())?;
             report.print();
-            if let Some(path) = &args.json {
-                std::fs::write(path, serde_json::to_vec_pretty(&report)?)?;
-            }
+            write_json(args.json.as_deref(), &report)?;
         }
+        Command::Broadcast(args) => {
+            let report = scenario::broadcast::broadcast(&args, &scenario::Progress::new())?;
+            report.print();
+            write_json(args.json.as_deref(), &report)?;
+        }
+        Command::Unicast(args) => {
+            let report = scenario::broadcast::unicast(&args, &scenario::Progress::new())?;
+            report.print();
+            write_json(args.json.as_deref(), &report)?;
+        }
+        Command::Storm(args) => {
+            let report = scenario::storm::run(&args, &scenario::Progress::new())?;
+            report.print();
+            write_json(args.json.as_deref(), &report)?;
+        }
+        Command::Slow(args) => {
+            let report = scenario::broadcast::slow(&args, &scenario::Progress::new())?;
+            report.print();
+            write_json(args.room.json.as_deref(), &report)?;
+        }
+    }
+    Ok(())
+}
+
+fn write_json(path: Option<&std::path::Path>, report: &impl serde::Serialize) -> Result<()> {
+    if let Some(path) = path {
+        std::fs::write(path, serde_json::to_vec_pretty(report)?)?;
     }
     Ok(())
 }

@@ -49,6 +49,8 @@ pub struct Conn {
     pub state: State,
     /// The multishot receive is armed.
     pub recv_armed: bool,
+    /// Reconnect once the close completes (storm).
+    pub reconnect: bool,
 }
 
 impl Conn {
@@ -61,6 +63,7 @@ impl Conn {
             gen: 0,
             state: State::Idle,
             recv_armed: false,
+            reconnect: false,
         }
     }
 }

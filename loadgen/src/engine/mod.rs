@@ -117,8 +117,10 @@ impl ClientPlan {
     }
 
     /// Whether global connection `g` is one of the slow (non-reading) clients.
+    /// Hashed, so slow clients spread evenly over rooms rather than filling the first ones.
     pub fn is_slow(&self, g: u64) -> bool {
-        self.slow_share > 0.0 && ((g % 1000) as f64) < self.slow_share * 1000.0
+        let h = g.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 40;
+        self.slow_share > 0.0 && ((h % 10_000) as f64) < self.slow_share * 10_000.0
     }
 }
 

@@ -304,7 +304,7 @@ impl Worker {
             if c.gen == gen && matches!(c.state, State::Ready | State::Slow) {
                 self.totals.closed_by_client += 1;
                 self.close_slot(idx)?;
-                self.reconnect.push_back(idx);
+                self.conns[idx as usize].reconnect = true;
             }
         }
         Ok(())
@@ -481,6 +481,9 @@ impl Worker {
                 conn.state = State::Closed;
                 conn.spill = None;
                 self.open -= 1;
+                if std::mem::take(&mut conn.reconnect) {
+                    self.reconnect.push_back(idx);
+                }
             }
             // Socket/bind errors surface again as the connect's ECANCELED;
             // shutdown errors (ENOTCONN after a reset) and cancels need nothing.

@@ -1,6 +1,9 @@
 //! Scenarios run against a live server, one per subcommand.
 
+pub mod broadcast;
 pub mod conns;
+pub mod push;
+pub mod storm;
 pub mod target;
 
 use indicatif::{ProgressBar, ProgressStyle};
