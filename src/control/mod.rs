@@ -17,6 +17,8 @@ pub mod metrics;
 pub mod params;
 mod server;
 pub mod state;
+#[cfg(test)]
+mod tests;
 
 use std::net::SocketAddr;
 use std::os::fd::{FromRawFd, IntoRawFd};
