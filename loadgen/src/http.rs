@@ -70,10 +70,7 @@ impl HttpClient {
             body.len()
         )?;
         req.extend_from_slice(body);
-        let s = match self.connect() {
-            Ok(s) => s,
-            Err(e) => return Err(e),
-        };
+        let s = self.connect()?;
         if let Err(e) = s.write_all(&req) {
             self.stream = None;
             return Err(e.into());

@@ -1,10 +1,12 @@
 //! corecast-loadgen: drives a corecast (or goim) server from outside over real
 //! sockets and measures it against the kernel's own ceiling on the same box.
 
+mod bench;
 mod ceiling;
 mod engine;
 mod http;
 mod scenario;
+mod svg;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -34,6 +36,9 @@ enum Command {
     Storm(scenario::storm::StormArgs),
     /// Broadcast with a share of clients that stop reading, against a run without them.
     Slow(scenario::broadcast::SlowArgs),
+    /// Start the server pinned to one CPU set, run the standard suite from another,
+    /// write report.json + report.svg and print a summary.
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> Result<()> {
@@ -74,6 +79,15 @@ fn main() -> Result<()> {
             let report = scenario::broadcast::slow(&args, &scenario::Progress::new())?;
             report.print();
             write_json(args.room.json.as_deref(), &report)?;
+        }
+        Command::Bench(args) => {
+            let report = bench::run(&args)?;
+            report.print_summary();
+            println!(
+                "report: {}  plot: {}",
+                args.out.join("report.json").display(),
+                args.out.join("report.svg").display()
+            );
         }
     }
     Ok(())

@@ -199,10 +199,6 @@ impl Engine {
         })
     }
 
-    pub fn plan(&self) -> &ClientPlan {
-        &self.plan
-    }
-
     pub fn started(&self) -> Instant {
         self.started
     }

@@ -198,16 +198,6 @@ impl BufRing {
         self.bgid
     }
 
-    pub fn buf_size(&self) -> usize {
-        self.buf_size
-    }
-
-    /// The first `len` bytes of buffer `bid`, as filled by the kernel.
-    pub fn data(&self, bid: u16, len: usize) -> &[u8] {
-        let start = bid as usize * self.buf_size;
-        &self.bufs[start..start + len.min(self.buf_size)]
-    }
-
     /// Mutable view of the first `len` bytes of buffer `bid` (the kernel is
     /// done with it until it is recycled).
     pub fn data_mut(&mut self, bid: u16, len: usize) -> &mut [u8] {

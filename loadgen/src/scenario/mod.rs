@@ -24,12 +24,6 @@ impl Progress {
         Self { bar }
     }
 
-    pub fn hidden() -> Self {
-        Self {
-            bar: ProgressBar::hidden(),
-        }
-    }
-
     pub fn phase(&self, name: &str, len: u64) {
         self.bar.set_message(name.to_string());
         self.bar.set_length(len);
@@ -38,10 +32,6 @@ impl Progress {
 
     pub fn set(&self, pos: u64) {
         self.bar.set_position(pos);
-    }
-
-    pub fn println(&self, line: impl AsRef<str>) {
-        self.bar.println(line);
     }
 
     pub fn finish(&self) {
