@@ -23,11 +23,15 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
 fi
 
 export RUSTC_BOOTSTRAP=1
+# Own target dir (shared machine, parallel builds); override with FUZZ_TARGET_DIR.
+target_dir="${FUZZ_TARGET_DIR:-${CARGO_TARGET_DIR:-fuzz/target}-fuzz}"
+# No sanitizer: the crate has no unsafe code, so ASan would only slow the runs;
+# panics and the targets' own asserts are what we look for.
 for t in "${targets[@]}"; do
     mkdir -p "fuzz/corpus/$t"
     echo "== $t for ${secs}s" >&2
     log="fuzz/$t.log"
-    cargo fuzz run --release --debug-assertions "$t" "fuzz/corpus/$t" -- \
+    cargo fuzz run --release --debug-assertions -s none --target-dir "$target_dir" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
         -max_total_time="$secs" -print_final_stats=1 2>&1 | tee "$log" | grep -E '^(Done|#[0-9]+ +DONE)|ERROR|panicked' || true
     if grep -q -E 'ERROR: libFuzzer|deadly signal|panicked' "$log"; then
         echo "$t: CRASH, see $log and fuzz/artifacts/$t" >&2
