@@ -524,3 +524,13 @@ fn message_decoder_reports_errors_in_spilled_header() {
     let mut b = [0x05u8, 0, 0];
     assert_eq!(dec.feed(&mut b, |_| {}), Err(FrameError::Unmasked));
 }
+
+#[test]
+fn frame_decoder_state_is_small() {
+    // It lives in every connection (design §2: ≤ 256 bytes per idle connection in total).
+    assert!(
+        std::mem::size_of::<FrameDecoder>() <= 16,
+        "{}",
+        std::mem::size_of::<FrameDecoder>()
+    );
+}

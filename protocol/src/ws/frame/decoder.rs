@@ -74,13 +74,14 @@ pub(crate) enum Extent {
 /// reassembles them.
 #[derive(Debug, Clone)]
 pub struct FrameDecoder {
-    role: Role,
-    max_message: usize,
+    // u32 sizes keep the decoder at 16 bytes: it lives in every connection.
+    max_message: u32,
+    /// Payload bytes of the fragmented message in progress so far (≤ max_message).
+    message_len: u32,
+    utf8: Utf8Validator,
     /// Opcode of the fragmented message in progress (Text or Binary).
     fragmented: Option<Opcode>,
-    /// Payload bytes of the message in progress so far.
-    message_len: u64,
-    utf8: Utf8Validator,
+    role: Role,
 }
 
 impl FrameDecoder {
@@ -94,11 +95,11 @@ impl FrameDecoder {
         Self::with_role(Role::Client, max_message)
     }
 
-    /// Decoder for the given role.
+    /// Decoder for the given role. `max_message` is capped at `u32::MAX`.
     pub fn with_role(role: Role, max_message: usize) -> Self {
         FrameDecoder {
             role,
-            max_message,
+            max_message: u32::try_from(max_message).unwrap_or(u32::MAX),
             fragmented: None,
             message_len: 0,
             utf8: Utf8Validator::default(),
@@ -107,7 +108,7 @@ impl FrameDecoder {
 
     /// Configured maximum message size.
     pub fn max_message(&self) -> usize {
-        self.max_message
+        self.max_message as usize
     }
 
     /// Role this decoder was built for.
@@ -177,15 +178,15 @@ impl FrameDecoder {
         };
         if !opcode.is_control() {
             let so_far = if opcode == Opcode::Continuation {
-                self.message_len
+                u64::from(self.message_len)
             } else {
                 0
             };
             let total = so_far.saturating_add(len);
-            if total > self.max_message as u64 {
+            if total > u64::from(self.max_message) {
                 return Err(FrameError::TooBig {
                     len: total,
-                    max: self.max_message,
+                    max: self.max_message as usize,
                 });
             }
         }
@@ -237,7 +238,8 @@ impl FrameDecoder {
                     self.message_len = 0;
                 } else {
                     self.fragmented = Some(message_opcode);
-                    self.message_len += payload.len() as u64;
+                    // Bounded by max_message (checked in extent), so it fits.
+                    self.message_len += payload.len() as u32;
                 }
             }
         }
