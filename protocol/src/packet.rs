@@ -261,3 +261,19 @@ pub fn parse_single_packet(buf: &[u8], max_body: usize) -> Result<PacketRef<'_>,
         None => Err(PacketError::TruncatedContainer(buf.len())),
     }
 }
+
+/// Iterates the comma separated ops in an op-14 / op-16 body (`"1000,1001"`).
+///
+/// Each item is the op, or `None` for a token that is not a u32; empty
+/// tokens (`"1000,,1001"`, trailing comma) and spaces around ops are skipped.
+pub fn op_list(body: &[u8]) -> impl Iterator<Item = Option<u32>> + '_ {
+    body.split(|&b| b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|t| !t.is_empty())
+        .map(|t| std::str::from_utf8(t).ok().and_then(|s| s.parse().ok()))
+}
+
+/// Body of an op-3 heartbeat reply: the room's online count, big endian.
+pub fn heartbeat_reply_body(online: u32) -> [u8; 4] {
+    online.to_be_bytes()
+}

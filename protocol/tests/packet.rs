@@ -346,3 +346,12 @@ fn container_iterator_rejects_truncation_and_limit() {
         vec![Err(PacketError::BodyTooLarge { len: 2, max: 1 })]
     );
 }
+
+#[test]
+fn op_lists_and_heartbeat_body() {
+    use corecast_protocol::packet::{heartbeat_reply_body, op_list};
+    let got: Vec<_> = op_list(b"1000, 1001,,x,4294967296,7,").collect();
+    assert_eq!(got, vec![Some(1000), Some(1001), None, None, Some(7)]);
+    assert_eq!(op_list(b"").count(), 0);
+    assert_eq!(heartbeat_reply_body(258), [0, 0, 1, 2]);
+}
