@@ -2,6 +2,7 @@
 # Runs every fuzz target of corecast-protocol for a bounded time.
 #
 #   protocol/fuzz/run.sh [seconds-per-target] [target...]
+#   FUZZ_RUNS=N protocol/fuzz/run.sh ...   also stop each target after N executions
 #
 # Needs only a stable toolchain: RUSTC_BOOTSTRAP=1 lets cargo-fuzz pass the
 # nightly-only sanitizer flags. Installs cargo-fuzz if missing. Prints the
@@ -32,7 +33,7 @@ for t in "${targets[@]}"; do
     echo "== $t for ${secs}s" >&2
     log="fuzz/$t.log"
     cargo fuzz run --release --debug-assertions -s none --target-dir "$target_dir" "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
-        -max_total_time="$secs" -print_final_stats=1 2>&1 | tee "$log" | grep -E '^(Done|#[0-9]+ +DONE)|ERROR|panicked' || true
+        -max_total_time="$secs" ${FUZZ_RUNS:+-runs="$FUZZ_RUNS"} -print_final_stats=1 2>&1 | tee "$log" | grep -E '^(Done|#[0-9]+ +DONE)|ERROR|panicked' || true
     if grep -q -E 'ERROR: libFuzzer|deadly signal|panicked' "$log"; then
         echo "$t: CRASH, see $log and fuzz/artifacts/$t" >&2
         exit 1
