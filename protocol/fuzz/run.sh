@@ -38,6 +38,6 @@ for t in "${targets[@]}"; do
         echo "$t: CRASH, see $log and fuzz/artifacts/$t" >&2
         exit 1
     fi
-    runs=$(grep -oE 'Done [0-9]+ runs' "$log" | tail -1 | grep -oE '[0-9]+' || echo '?')
-    echo "$t: $runs executions in ${secs}s, no crash"
+    done_line=$(grep -E '^Done [0-9]+ runs' "$log" | tail -1)
+    echo "$t: ${done_line:-no Done line} (limit ${secs}s${FUZZ_RUNS:+ or $FUZZ_RUNS runs}), no crash"
 done

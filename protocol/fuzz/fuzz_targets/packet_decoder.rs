@@ -2,7 +2,7 @@
 //! agree with `parse_packet` run over the whole input, and never panic.
 #![no_main]
 
-use corecast_protocol::packet::{parse_packet, raw_packets, Packet, PacketDecoder};
+use corecast_protocol::packet::{op_list, parse_packet, raw_packets, Packet, PacketDecoder};
 use corecast_protocol::PacketError;
 use libfuzzer_sys::fuzz_target;
 
@@ -41,7 +41,8 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(got, want);
     assert_eq!(err, want_err);
 
-    // The container iterator over the same bytes must not panic either.
+    // The op-list parser and the container iterator must not panic either.
+    let _ = op_list(data).count();
     for p in raw_packets(data).max_body(max_body) {
         if p.is_err() {
             break;
