@@ -1,5 +1,8 @@
-//! corecast server (the crate doc walking the layout lands with the shards).
+//! corecast server (placeholder doc, expanded with the shards).
 
+pub mod auth;
+pub mod config;
 pub mod control;
 pub mod fanout;
 pub mod ingest;
+pub mod shard;

@@ -36,11 +36,13 @@
 //! threads; an async caller should retry `try_send` on its own timer instead).
 //! Nothing is dropped silently by this module.
 
-mod encode;
+pub mod encode;
 mod report;
 mod waker;
 
-pub use encode::{encode_packet, encode_ws_binary_header, PACKET_HEADER_LEN};
+pub use encode::{
+    encode_packet, encode_ws_binary_header, put_packet, ws_container_frame, PACKET_HEADER_LEN,
+};
 pub use report::{CloseReason, IndexSizes, LoopTurnHistogram, ShardCounters, ShardReport};
 pub use waker::{Shutdown, Waker};
 

@@ -92,7 +92,8 @@ impl Waker {
         self.stop.load(Ordering::Acquire)
     }
 
-    fn request_shutdown(&self) {
+    /// Sets this shard's stop flag and wakes it.
+    pub fn request_shutdown(&self) {
         self.stop.store(true, Ordering::Release);
         self.wake();
     }
