@@ -174,6 +174,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         let c = CeilingArgs {
             connects: sz.ceiling_connects,
             round: sz.ceiling_connects.min(15_000),
+            inflight: 1024,
             send_conns: 64,
             msg_size: 64,
             batch: 8,

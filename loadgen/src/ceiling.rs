@@ -25,6 +25,9 @@ pub struct CeilingArgs {
     /// Connections opened at once (one round); ≤ the registered file table.
     #[arg(long, default_value_t = 15_000)]
     pub round: u32,
+    /// Connect attempts in flight at once (as the client engine's default).
+    #[arg(long, default_value_t = 1024)]
+    pub inflight: u32,
     /// Connections carrying the send phases.
     #[arg(long, default_value_t = 64)]
     pub send_conns: u32,
@@ -201,8 +204,9 @@ fn sender(args: &CeilingArgs, port: u16, counters: &ReceiverCounters) -> Result<
     let mut s = Sender {
         ring: Uring::new(4096, 20_000).context("sender io_uring")?,
         dst: uring::sockaddr_v4(Ipv4Addr::LOCALHOST, port),
-        // A fresh source address per round keeps TIME_WAIT ports out of the way.
-        sources: SourceAddrs::new(0xC0, args.round),
+        // Addresses are never reused in a run, so TIME_WAIT ports stay out of
+        // the way; see PER_SOURCE_ADDR for the count per address.
+        sources: SourceAddrs::new(0xC0, crate::engine::PER_SOURCE_ADDR),
     };
     let mut report = CeilingReport {
         msg_size: args.msg_size,
@@ -219,7 +223,7 @@ fn sender(args: &CeilingArgs, port: u16, counters: &ReceiverCounters) -> Result<
         let n = remaining.min(args.round);
         let accepted_before = counters.accepted.load(Ordering::Acquire);
         let t0 = Instant::now();
-        let (ok, failed) = s.connect_batch(n)?;
+        let (ok, failed) = s.connect_batch(n, args.inflight)?;
         while counters.accepted.load(Ordering::Acquire) < accepted_before + ok {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!("receiver accepted fewer connections than the sender connected");
@@ -242,7 +246,7 @@ fn sender(args: &CeilingArgs, port: u16, counters: &ReceiverCounters) -> Result<
     // Phases 2 and 3: one message per send, then `batch` messages per SendMsg.
     let k = args.send_conns;
     let accepted_before = counters.accepted.load(Ordering::Acquire);
-    let (ok, _) = s.connect_batch(k)?;
+    let (ok, _) = s.connect_batch(k, args.inflight)?;
     if ok != k as u64 {
         bail!("only {ok} of {k} send connections connected");
     }
@@ -275,16 +279,28 @@ fn wait_until(mut cond: impl FnMut() -> bool, what: &str) -> Result<()> {
 }
 
 impl Sender {
-    /// Socket → bind → connect as one linked chain per slot 0..n. Returns (ok, failed).
-    fn connect_batch(&mut self, n: u32) -> Result<(u64, u64)> {
-        let src = self.sources.next_block();
-        for slot in 0..n {
-            let chain = connect_chain(slot, src, &self.dst, ud(K_CHAIN, slot), ud(K_CONNECT, slot));
-            self.ring.push_chain(&chain)?;
-        }
-        let (mut ok, mut failed, mut done) = (0u64, 0u64, 0u32);
+    /// Socket → bind → connect as one linked chain per slot 0..n, at most
+    /// `inflight` at a time (an unbounded burst only overflows the listen
+    /// queue and measures SYN retransmits). Returns (ok, failed).
+    fn connect_batch(&mut self, n: u32, inflight: u32) -> Result<(u64, u64)> {
+        let (mut ok, mut failed, mut done, mut started) = (0u64, 0u64, 0u32, 0u32);
         let t0 = Instant::now();
         while done < n {
+            while started < n && started - done < inflight.max(1) {
+                // SAFETY (of the pointers in the chain): the source address
+                // stays in the SourceAddrs table for thousands more addresses,
+                // far longer than the ≤ `inflight` chains in flight.
+                let src = self.sources.next();
+                let chain = connect_chain(
+                    started,
+                    src,
+                    &self.dst,
+                    ud(K_CHAIN, started),
+                    ud(K_CONNECT, started),
+                );
+                self.ring.push_chain(&chain)?;
+                started += 1;
+            }
             for c in self.ring.wait(Duration::from_millis(100))? {
                 let (kind, _) = split(c.user_data);
                 match kind {
@@ -309,7 +325,7 @@ impl Sender {
                     _ => {}
                 }
             }
-            if t0.elapsed() > Duration::from_secs(30) {
+            if t0.elapsed() > Duration::from_secs(60) {
                 bail!("connect batch timed out ({done} of {n} done)");
             }
         }

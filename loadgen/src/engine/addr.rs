@@ -48,13 +48,6 @@ impl SourceAddrs {
         self.slot(idx)
     }
 
-    /// A fresh address for a whole block of connections.
-    pub fn next_block(&mut self) -> &libc::sockaddr_in {
-        let idx = self.used.div_ceil(self.per_addr as u64);
-        self.used = (idx + 1) * self.per_addr as u64;
-        self.slot(idx)
-    }
-
     fn slot(&mut self, idx: u64) -> &libc::sockaddr_in {
         // X.Y over 1..=65534 (skip .0.0 and .255.255 for readability).
         let xy = ((self.start as u64 + idx) % 65534 + 1) as u32;
@@ -84,8 +77,5 @@ mod tests {
             assert_eq!(x.octets()[0], 127);
             assert_eq!(x.octets()[1], 7);
         }
-        let block = ip(a.next_block());
-        let after = ip(a.next());
-        assert_ne!(block, after, "next_block reserves the whole address");
     }
 }

@@ -30,6 +30,11 @@ use stats::{new_histogram, SharedHistograms, SharedTotals, Totals};
 /// headroom for the few ordinary fds a process has.
 pub const MAX_CONNS_PER_WORKER: u32 = 19_000;
 
+/// Connections bound to one source address. bind(addr, 0) draws ports from
+/// one parity half of ip_local_port_range first (~14,000 ports by default) and
+/// slows down sharply once that half is used up, so stay below it.
+pub const PER_SOURCE_ADDR: u32 = 10_000;
+
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
 )]
@@ -105,7 +110,7 @@ impl ClientPlan {
             connect_rate: 0,
             slow_share: 0.0,
             churn_after: None,
-            per_source_addr: 16_000,
+            per_source_addr: PER_SOURCE_ADDR,
             cpu: None,
             deadline: Instant::now() + run_for,
         }
