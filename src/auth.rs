@@ -137,6 +137,9 @@ impl Verifier {
             match e.kind() {
                 ErrorKind::ExpiredSignature => unauthorized("token expired"),
                 ErrorKind::InvalidSignature => unauthorized("bad token signature"),
+                ErrorKind::MissingRequiredClaim(_) | ErrorKind::Json(_) => {
+                    unauthorized("token claims: sub must be a string mid and exp is required")
+                }
                 _ => unauthorized("invalid token"),
             }
         })?;
@@ -205,5 +208,32 @@ mod tests {
         req.token = None;
         assert!(v.verify(&req).is_err());
         assert!(Verifier::insecure().verify(&req).is_ok());
+    }
+
+    #[test]
+    fn eddsa_tokens() {
+        let dir = std::env::temp_dir().join(format!("cc-auth-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pubkey = dir.join("pub.pem");
+        std::fs::write(&pubkey, "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEA3zPMQ+dvm0azUhi2A0JvgJONbye5P55qC5R08r/eGp0=\n-----END PUBLIC KEY-----\n").unwrap();
+        let v = Verifier::from_config(&AuthConfig {
+            mode: AuthMode::Jwt,
+            hs256_secret: None,
+            eddsa_public_key: Some(pubkey),
+        })
+        .unwrap();
+        let k = EncodingKey::from_ed_pem(b"-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIBkVTqrfTqGUATAWy6QObLxYZpfXTqxOfkIamNPaF0kB\n-----END PRIVATE KEY-----\n").unwrap();
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let t = encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({"sub":"43","exp":exp}),
+            &k,
+        )
+        .unwrap();
+        let req = AuthRequest {
+            token: Some(t),
+            ..Default::default()
+        };
+        assert_eq!(v.verify(&req).unwrap().mid, 43);
     }
 }

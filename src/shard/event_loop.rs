@@ -474,8 +474,12 @@ impl Shard {
         self.unindex(key);
         let c = &mut self.conns[key as usize];
         c.state = State::Closing;
-        if let Some(out) = c.out.as_mut() {
-            out.discard_queued();
+        // Replies already queued (e.g. the op-8 error) go out before the
+        // goodbye, except when the queue is the problem or nobody listens.
+        if farewell.is_none() || reason == CloseReason::SlowConsumer {
+            if let Some(out) = c.out.as_mut() {
+                out.discard_queued();
+            }
         }
         match farewell {
             Some(b) => {
