@@ -71,6 +71,11 @@ fn mask(c: &mut Criterion) {
             b.iter(|| apply_mask(black_box(&mut buf), [1, 2, 3, 4], 1))
         });
         if size == 64 * 1024 {
+            // Payloads start 2-14 bytes into a frame: measure a misaligned start too.
+            let mut wide = vec![0xa5u8; size + 2];
+            g.bench_function(BenchmarkId::new("apply_mask_misaligned", size), |b| {
+                b.iter(|| apply_mask(black_box(&mut wide[2..]), [1, 2, 3, 4], 1))
+            });
             g.bench_function(BenchmarkId::new("bytewise", size), |b| {
                 b.iter(|| apply_mask_bytewise(black_box(&mut buf), [1, 2, 3, 4], 1))
             });

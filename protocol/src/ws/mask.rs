@@ -3,9 +3,18 @@
 /// XORs `buf` in place with the 4-byte masking key, as if `buf` started at
 /// byte `offset` of the masked payload (so a payload can be unmasked in pieces).
 ///
-/// Masking and unmasking are the same operation. The bulk runs on 64-bit
-/// words, 32 bytes per iteration, which the compiler turns into vector code.
+/// Masking and unmasking are the same operation. The bulk runs on aligned
+/// 64-bit words, 32 bytes per iteration, which the compiler turns into vector code.
 pub fn apply_mask(buf: &mut [u8], key: [u8; 4], offset: usize) {
+    // Bytewise up to a 32-byte boundary: aligned words run about twice as fast
+    // (payloads start 6 or 14 bytes into a frame, so they are rarely aligned).
+    let head = buf.as_ptr().align_offset(32).min(buf.len());
+    let (head_bytes, body) = buf.split_at_mut(head);
+    apply_mask_bytewise(head_bytes, key, offset);
+    apply_mask_words(body, key, offset + head);
+}
+
+fn apply_mask_words(buf: &mut [u8], key: [u8; 4], offset: usize) {
     let r = offset % 4;
     // Key rotated so that key[0] applies to buf[0].
     let key = [key[r], key[(r + 1) % 4], key[(r + 2) % 4], key[(r + 3) % 4]];
@@ -55,6 +64,21 @@ mod tests {
                 assert_eq!(fast, slow, "len {len} offset {offset}");
                 apply_mask(&mut fast, key, offset);
                 assert_eq!(fast, data, "masking twice restores the input");
+            }
+        }
+    }
+
+    #[test]
+    fn matches_bytewise_at_every_alignment() {
+        let key = [0xde, 0xad, 0xbe, 0xef];
+        let data: Vec<u8> = (0..300).map(|i| (i * 13) as u8).collect();
+        for start in 0..40 {
+            for len in [0, 1, 7, 31, 32, 33, 64, 100, 200] {
+                let mut fast = data.clone();
+                let mut slow = data.clone();
+                apply_mask(&mut fast[start..start + len], key, start);
+                apply_mask_bytewise(&mut slow[start..start + len], key, start);
+                assert_eq!(fast, slow, "start {start} len {len}");
             }
         }
     }
