@@ -1,0 +1,190 @@
+//! SPSC ring hand-off between two threads pinned to two cores (design §7:
+//! ≥ 50M items/s). Three shapes:
+//! - `u64/single`: one `push` / `pop` per item (the worst case);
+//! - `u64/batch256`: slices of up to 256 items per ring operation;
+//! - `shard_msg/single`: the real payload, `ShardMsg::Push` clones of one
+//!   encoded push (reference-count increments included), as control feeds
+//!   shards.
+//!
+//! Run: `cargo bench --bench fanout_ring`.
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use corecast::fanout::{Push, PushTarget, ShardMsg};
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+
+/// Items moved per measured iteration.
+const ITEMS: u64 = 1 << 20;
+const RING: usize = 4096;
+const BATCH: usize = 256;
+
+fn pin_to(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it and
+    // sched_setaffinity only reads it. Failure (CPU not allowed) is reported.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            panic!(
+                "cannot pin to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    }
+}
+
+/// The first two CPUs this process may run on, read once before any thread
+/// is pinned (pinning narrows what later queries see).
+fn cpus() -> (usize, usize) {
+    static CPUS: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *CPUS.get_or_init(|| {
+        // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it and
+        // CPU_ISSET only reads it.
+        let allowed: Vec<usize> = unsafe {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+                panic!("sched_getaffinity: {}", std::io::Error::last_os_error());
+            }
+            (0..libc::CPU_SETSIZE as usize)
+                .filter(|&c| libc::CPU_ISSET(c, &set))
+                .collect()
+        };
+        assert!(
+            allowed.len() >= 2,
+            "the ring bench needs two cores, may use {allowed:?}"
+        );
+        (allowed[0], allowed[1])
+    })
+}
+
+/// Moves `ITEMS * iters` u64s from this thread (pinned to one core) to a
+/// consumer pinned to another; returns the time the producer took.
+fn u64_single(iters: u64) -> Duration {
+    let (p_cpu, c_cpu) = cpus();
+    let total = ITEMS * iters;
+    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(RING);
+    let consumer = std::thread::spawn(move || {
+        pin_to(c_cpu);
+        let mut expect = 0u64;
+        while expect < total {
+            if let Ok(v) = rx.pop() {
+                debug_assert_eq!(v, expect);
+                expect += 1;
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+        black_box(expect)
+    });
+    pin_to(p_cpu);
+    let start = Instant::now();
+    let mut i = 0u64;
+    while i < total {
+        if tx.push(i).is_ok() {
+            i += 1;
+        } else {
+            std::hint::spin_loop();
+        }
+    }
+    consumer.join().unwrap();
+    start.elapsed()
+}
+
+fn u64_batched(iters: u64) -> Duration {
+    let (p_cpu, c_cpu) = cpus();
+    let total = ITEMS * iters;
+    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(RING);
+    let consumer = std::thread::spawn(move || {
+        pin_to(c_cpu);
+        let mut buf = [0u64; BATCH];
+        let mut got = 0u64;
+        let mut sum = 0u64;
+        while got < total {
+            let (popped, _) = rx.pop_partial_slice(&mut buf);
+            if popped.is_empty() {
+                std::hint::spin_loop();
+                continue;
+            }
+            sum = sum.wrapping_add(popped[popped.len() - 1]);
+            got += popped.len() as u64;
+        }
+        black_box(sum)
+    });
+    pin_to(p_cpu);
+    let start = Instant::now();
+    let mut buf = [0u64; BATCH];
+    let mut sent = 0u64;
+    while sent < total {
+        let n = (total - sent).min(BATCH as u64) as usize;
+        for (k, slot) in buf[..n].iter_mut().enumerate() {
+            *slot = sent + k as u64;
+        }
+        let mut rest = &buf[..n];
+        while !rest.is_empty() {
+            let (pushed, left) = tx.push_partial_slice(rest);
+            if pushed.is_empty() {
+                std::hint::spin_loop();
+            }
+            rest = left;
+        }
+        sent += n as u64;
+    }
+    consumer.join().unwrap();
+    start.elapsed()
+}
+
+fn shard_msgs(iters: u64) -> Duration {
+    let (p_cpu, c_cpu) = cpus();
+    let total = ITEMS * iters;
+    let push = Push::new(PushTarget::Room("live://1000".into()), 1000, &[7u8; 64]);
+    let (mut tx, mut rx) = rtrb::RingBuffer::<ShardMsg>::new(RING);
+    let consumer = std::thread::spawn(move || {
+        pin_to(c_cpu);
+        let mut got = 0u64;
+        let mut bytes = 0usize;
+        while got < total {
+            match rx.pop() {
+                Ok(ShardMsg::Push(p)) => {
+                    bytes += p.packet.len();
+                    got += 1;
+                }
+                Ok(_) => unreachable!(),
+                Err(_) => std::hint::spin_loop(),
+            }
+        }
+        black_box(bytes)
+    });
+    pin_to(p_cpu);
+    let start = Instant::now();
+    let mut i = 0u64;
+    let mut pending = None;
+    while i < total {
+        let msg = pending
+            .take()
+            .unwrap_or_else(|| ShardMsg::Push(push.clone()));
+        match tx.push(msg) {
+            Ok(()) => i += 1,
+            Err(rtrb::PushError::Full(m)) => {
+                pending = Some(m);
+                std::hint::spin_loop();
+            }
+        }
+    }
+    consumer.join().unwrap();
+    start.elapsed()
+}
+
+fn ring_handoff(c: &mut Criterion) {
+    let mut g = c.benchmark_group("fanout_ring");
+    g.throughput(Throughput::Elements(ITEMS));
+    g.sample_size(20);
+    g.measurement_time(Duration::from_secs(4));
+    g.bench_function("u64/single", |b| b.iter_custom(u64_single));
+    g.bench_function("u64/batch256", |b| b.iter_custom(u64_batched));
+    g.bench_function("shard_msg/single", |b| b.iter_custom(shard_msgs));
+    g.finish();
+}
+
+criterion_group!(benches, ring_handoff);
+criterion_main!(benches);
