@@ -152,8 +152,11 @@ fn serve(o: Overrides) -> anyhow::Result<()> {
     }
 
     // Control plane (HTTP API, metrics, room counts) on its own executor.
+    // Pinned to the last shard CPU: on small boxes control shares a core.
     let control_cfg = corecast::control::ControlConfig {
         http_listen: cfg.listen.http,
+        cpu: cpus.last().copied(),
+        max_body: cfg.limits.max_body,
         ..Default::default()
     };
     let control = corecast::control::spawn(control_cfg, links, shutdown.clone(), Vec::new())?;
