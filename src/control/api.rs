@@ -200,11 +200,12 @@ pub const CODE_REQUEST_ERR: i32 = -400;
 /// goim's error code for a server-side failure (`ServerErr`).
 pub const CODE_SERVER_ERR: i32 = -500;
 
-/// goim's success reply. goim leaves `data` out when there is none.
+/// goim's success reply, keys in goim's order (`code`, `message`, `data`).
+/// goim leaves `data` out when there is none.
 pub fn ok_body(data: Option<Value>) -> String {
     match data {
-        Some(d) => json!({"code": 0, "message": "", "data": d}).to_string(),
-        None => json!({"code": 0, "message": ""}).to_string(),
+        Some(d) => format!(r#"{{"code":0,"message":"","data":{d}}}"#),
+        None => r#"{"code":0,"message":""}"#.to_owned(),
     }
 }
 
@@ -373,6 +374,7 @@ mod tests {
     #[test]
     fn reply_shapes() {
         assert_eq!(ok_body(None), r#"{"code":0,"message":""}"#);
+        assert_eq!(ok_body(Some(json!([1]))), r#"{"code":0,"message":"","data":[1]}"#);
         let v: Value = serde_json::from_str(&ok_body(Some(json!({"a": 1})))).unwrap();
         assert_eq!(v, json!({"code": 0, "message": "", "data": {"a": 1}}));
         let v: Value = serde_json::from_str(&error_body(-400, "missing `room`")).unwrap();
