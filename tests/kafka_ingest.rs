@@ -197,3 +197,57 @@ fn explicit_start_offsets_and_latest() {
         "latest start delivered an old record: {first}"
     );
 }
+
+#[test]
+fn producer_records_are_acknowledged_and_consumed() {
+    let k = kafka();
+    let topic = unique_topic("ingest-produce");
+    k.create_topic(&topic, 4);
+    let cfg = config(k.bootstrap(), &topic);
+    let producer_cfg = cfg.clone();
+    let acked = glommio::LocalExecutorBuilder::new(glommio::Placement::Unbound)
+        .io_memory(1 << 20)
+        .spawn(move || async move {
+            let mut p = corecast::ingest::Producer::new(producer_cfg);
+            let mut acked = Vec::new();
+            for i in 0..20u32 {
+                let key = format!("room:prod://{}", i % 5);
+                let a = p
+                    .send_native(&key, 1000 + i, bytes::Bytes::from(format!("p{i}")))
+                    .await
+                    .expect("produce acknowledged");
+                acked.push((key, a));
+            }
+            acked
+        })
+        .expect("executor")
+        .join()
+        .expect("producer thread");
+    // Same key → same partition; offsets within a partition increase.
+    let mut by_key: BTreeMap<String, Vec<(i32, i64)>> = BTreeMap::new();
+    for (key, a) in &acked {
+        by_key
+            .entry(key.clone())
+            .or_default()
+            .push((a.partition, a.offset));
+    }
+    for (key, v) in &by_key {
+        assert!(
+            v.iter().all(|(p, _)| *p == v[0].0),
+            "{key} spread over partitions: {v:?}"
+        );
+        assert!(
+            v.windows(2).all(|w| w[0].1 < w[1].1),
+            "{key} offsets: {v:?}"
+        );
+    }
+    let c = TestConsumer::start(cfg);
+    let mut got: Vec<(u32, String)> = c
+        .take(20, "produced records")
+        .iter()
+        .map(|p| (p.op, body(p)))
+        .collect();
+    got.sort();
+    let want: Vec<(u32, String)> = (0..20u32).map(|i| (1000 + i, format!("p{i}"))).collect();
+    assert_eq!(got, want);
+}

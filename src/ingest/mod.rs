@@ -177,6 +177,66 @@ pub struct IngestStats {
     pub offsets: RefCell<BTreeMap<i32, i64>>,
 }
 
+impl IngestStats {
+    /// Appends the counters in Prometheus text format (for `/metrics`).
+    pub fn render_prometheus(&self, topic: &str, out: &mut String) {
+        use std::fmt::Write;
+        let counters = [
+            (
+                "corecast_kafka_records_total",
+                "Kafka records turned into pushes",
+                self.records.get(),
+            ),
+            (
+                "corecast_kafka_malformed_total",
+                "Kafka records skipped as malformed",
+                self.malformed.get(),
+            ),
+            (
+                "corecast_kafka_bad_batches_total",
+                "Kafka record batches skipped (CRC, codec, format)",
+                self.bad_batches.get(),
+            ),
+            (
+                "corecast_kafka_reconnects_total",
+                "Kafka consumer sessions ended by an error",
+                self.reconnects.get(),
+            ),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
+        }
+        let name = "corecast_kafka_next_offset";
+        let _ = writeln!(
+            out,
+            "# HELP {name} Next offset to read per partition\n# TYPE {name} gauge"
+        );
+        for (p, o) in self.offsets.borrow().iter() {
+            let _ = writeln!(out, "{name}{{topic=\"{topic}\",partition=\"{p}\"}} {o}");
+        }
+    }
+}
+
+/// The consumer as a task for the control executor
+/// ([`crate::control::spawn`]'s `tasks`): pushes go through its
+/// [`Dispatcher`](crate::control::Dispatcher). `on_stats` receives the
+/// consumer's counters on that executor (they are `!Send`), e.g. for
+/// `/metrics`; setting `stop` ends the consumer.
+pub fn control_task(
+    cfg: KafkaConfig,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    on_stats: impl FnOnce(std::rc::Rc<IngestStats>) + Send + 'static,
+) -> crate::control::ControlTask {
+    Box::new(move |dispatcher: crate::control::Dispatcher| {
+        let stats = std::rc::Rc::new(IngestStats::default());
+        on_stats(stats.clone());
+        glommio::spawn_local(run_consumer(cfg, dispatcher, stats, stop)).detach();
+    })
+}
+
 /// At most one log line per interval; counts what it held back.
 #[derive(Debug)]
 pub struct RateLimit {
@@ -257,6 +317,17 @@ mod tests {
         assert_eq!(r.allow(), Some(0));
         assert_eq!(r.allow(), None);
         assert_eq!(r.allow(), None);
+    }
+
+    #[test]
+    fn stats_render_as_prometheus_text() {
+        let s = IngestStats::default();
+        s.records.set(3);
+        s.offsets.borrow_mut().insert(1, 42);
+        let mut out = String::new();
+        s.render_prometheus("push", &mut out);
+        assert!(out.contains("corecast_kafka_records_total 3\n"));
+        assert!(out.contains("corecast_kafka_next_offset{topic=\"push\",partition=\"1\"} 42\n"));
     }
 
     #[test]
