@@ -53,8 +53,12 @@ pub struct ControlConfig {
     /// How long a push waits for room in a full shard ring before the
     /// request fails (503) and the miss is counted.
     pub push_timeout: Duration,
-    /// How often shard reports are drained and room counts merged.
+    /// How often shard reports are drained.
     pub poll_interval: Duration,
+    /// Least time between two merges of the node-wide room counts (a merge
+    /// walks every room of every shard; with many shards reporting at
+    /// different moments this bounds the work).
+    pub room_merge_interval: Duration,
     /// How long shutdown waits for the shards' final reports.
     pub shutdown_grace: Duration,
 }
@@ -72,6 +76,7 @@ impl Default for ControlConfig {
             idle_timeout: Duration::from_secs(60),
             push_timeout: Duration::from_secs(2),
             poll_interval: Duration::from_millis(20),
+            room_merge_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
         }
     }
@@ -171,9 +176,16 @@ async fn run(
 /// and the shards have sent their final reports (bounded by the grace period).
 async fn poll_until_shutdown(state: &Rc<state::ControlState>, shutdown: &Shutdown) {
     let mut stop_deadline: Option<Instant> = None;
+    let mut unmerged = false;
+    let mut last_merge = Instant::now() - state.cfg.room_merge_interval;
     loop {
-        if state.drain_reports() && state.merge_rooms() && !state.stopping.get() {
-            state.broadcast_room_counts();
+        unmerged |= state.drain_reports();
+        if unmerged && last_merge.elapsed() >= state.cfg.room_merge_interval {
+            unmerged = false;
+            last_merge = Instant::now();
+            if state.merge_rooms() && !state.stopping.get() {
+                state.broadcast_room_counts();
+            }
         }
         if shutdown.is_requested() {
             state.stopping.set(true);
