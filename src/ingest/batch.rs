@@ -216,6 +216,7 @@ impl RawBatch {
         };
         Ok(Records {
             buf: data,
+            pos: 0,
             base_offset: self.header.base_offset,
             base_timestamp: self.header.base_timestamp,
             left: self.header.records_count.max(0) as u32,
@@ -235,27 +236,47 @@ fn decompress(codec: Codec, mut data: Bytes) -> Result<Bytes, BatchError> {
     out.map_err(|e| BatchError::Decompress(format!("{codec:?}: {e:#}")))
 }
 
-/// One record of a batch.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One record of a batch: offsets into the batch's (decompressed) records
+/// buffer, which it shares. Accessors slice it without copying.
+#[derive(Debug, Clone)]
 pub struct RawRecord {
     pub offset: i64,
     pub timestamp: i64,
-    pub key: Option<Bytes>,
-    pub value: Option<Bytes>,
-    /// The encoded headers (count already read); see [`RawRecord::header`].
-    headers: Bytes,
+    buf: Bytes,
+    key: Option<(u32, u32)>,
+    value: Option<(u32, u32)>,
+    /// Start of the encoded headers (their count already read); they run to
+    /// the end of the record.
+    headers: (u32, u32),
     header_count: u32,
 }
 
 impl RawRecord {
+    pub fn key(&self) -> Option<&[u8]> {
+        self.key.map(|(s, e)| &self.buf[s as usize..e as usize])
+    }
+
+    /// The value as a zero-copy slice of the fetch buffer.
+    pub fn value(&self) -> Option<Bytes> {
+        self.value
+            .map(|(s, e)| self.buf.slice(s as usize..e as usize))
+    }
+
+    pub fn value_bytes(&self) -> Option<&[u8]> {
+        self.value.map(|(s, e)| &self.buf[s as usize..e as usize])
+    }
+
     /// Value of the first header named `name` (`Some(None)` for a null value).
-    pub fn header(&self, name: &[u8]) -> Option<Option<Bytes>> {
-        let mut buf = self.headers.clone();
+    pub fn header(&self, name: &[u8]) -> Option<Option<&[u8]>> {
+        let mut cur = Cursor {
+            b: &self.buf[..self.headers.1 as usize],
+            pos: self.headers.0 as usize,
+        };
         for _ in 0..self.header_count {
-            let k = read_bytes(&mut buf).ok()??;
-            let v = read_bytes(&mut buf).ok()?;
-            if k[..] == *name {
-                return Some(v);
+            let k = cur.bytes().ok()??;
+            let v = cur.bytes().ok()?;
+            if &cur.b[k.0..k.1] == name {
+                return Some(v.map(|(s, e)| &cur.b[s..e]));
             }
         }
         None
@@ -271,6 +292,7 @@ impl RawRecord {
 #[derive(Debug, Clone)]
 pub struct Records {
     buf: Bytes,
+    pos: usize,
     base_offset: i64,
     base_timestamp: i64,
     left: u32,
@@ -294,65 +316,94 @@ impl Iterator for Records {
 
 impl Records {
     fn parse_one(&mut self) -> Result<RawRecord, BatchError> {
-        let len = read_varint(&mut self.buf)?;
+        if self.buf.len() > u32::MAX as usize {
+            return Err(BatchError::Record("batch too large"));
+        }
+        let mut cur = Cursor {
+            b: &self.buf[..],
+            pos: self.pos,
+        };
+        let len = cur.varint()?;
         let len = usize::try_from(len).map_err(|_| BatchError::Record("negative length"))?;
-        if self.buf.len() < len {
+        let end = cur.pos.checked_add(len).ok_or(BatchError::Truncated)?;
+        if end > self.buf.len() {
             return Err(BatchError::Truncated);
         }
-        let mut r = self.buf.split_to(len);
-        if !r.has_remaining() {
+        let mut r = Cursor {
+            b: &self.buf[..end],
+            pos: cur.pos,
+        };
+        if r.pos >= end {
             return Err(BatchError::Record("empty record"));
         }
-        let _attributes = r.get_i8();
-        let ts_delta = read_varint(&mut r)?;
-        let offset_delta = read_varint(&mut r)?;
-        let key = read_bytes(&mut r)?;
-        let value = read_bytes(&mut r)?;
-        let header_count = read_varint(&mut r)?;
+        r.pos += 1; // attributes (unused)
+        let ts_delta = r.varint()?;
+        let offset_delta = r.varint()?;
+        let key = r.bytes()?;
+        let value = r.bytes()?;
+        let header_count = r.varint()?;
         let header_count =
             u32::try_from(header_count).map_err(|_| BatchError::Record("negative header count"))?;
+        let headers = (r.pos as u32, end as u32);
+        self.pos = end;
+        let narrow = |x: Option<(usize, usize)>| x.map(|(s, e)| (s as u32, e as u32));
         Ok(RawRecord {
             offset: self.base_offset + offset_delta,
             timestamp: self.base_timestamp.wrapping_add(ts_delta),
-            key,
-            value,
-            headers: r,
+            buf: self.buf.clone(),
+            key: narrow(key),
+            value: narrow(value),
+            headers,
             header_count,
         })
     }
 }
 
-/// Zigzag varint (Kafka's varint / varlong).
-fn read_varint(buf: &mut Bytes) -> Result<i64, BatchError> {
-    let mut v = 0u64;
-    let mut shift = 0u32;
-    loop {
-        if !buf.has_remaining() {
-            return Err(BatchError::Truncated);
-        }
-        if shift > 63 {
-            return Err(BatchError::Record("varint too long"));
-        }
-        let b = buf.get_u8();
-        v |= u64::from(b & 0x7f) << shift;
-        if b & 0x80 == 0 {
-            return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
-        }
-        shift += 7;
-    }
+/// Reading position in a record buffer.
+struct Cursor<'a> {
+    b: &'a [u8],
+    pos: usize,
 }
 
-/// Varint length (-1 = null) followed by that many bytes.
-fn read_bytes(buf: &mut Bytes) -> Result<Option<Bytes>, BatchError> {
-    let len = read_varint(buf)?;
-    if len < 0 {
-        return Ok(None);
+impl Cursor<'_> {
+    /// Zigzag varint (Kafka's varint / varlong).
+    #[inline]
+    fn varint(&mut self) -> Result<i64, BatchError> {
+        let mut v = 0u64;
+        let mut shift = 0u32;
+        loop {
+            let Some(&b) = self.b.get(self.pos) else {
+                return Err(BatchError::Truncated);
+            };
+            if shift > 63 {
+                return Err(BatchError::Record("varint too long"));
+            }
+            self.pos += 1;
+            v |= u64::from(b & 0x7f) << shift;
+            if b & 0x80 == 0 {
+                return Ok(((v >> 1) as i64) ^ -((v & 1) as i64));
+            }
+            shift += 7;
+        }
     }
-    let len = len as usize;
-    if buf.len() < len {
-        return Err(BatchError::Truncated);
+
+    /// Varint length (-1 = null) then that many bytes: their range.
+    #[inline]
+    fn bytes(&mut self) -> Result<Option<(usize, usize)>, BatchError> {
+        let len = self.varint()?;
+        if len < 0 {
+            return Ok(None);
+        }
+        let start = self.pos;
+        let end = start
+            .checked_add(len as usize)
+            .ok_or(BatchError::Truncated)?;
+        if end > self.b.len() {
+            return Err(BatchError::Truncated);
+        }
+        self.pos = end;
+        Ok(Some((start, end)))
     }
-    Ok(Some(buf.split_to(len)))
 }
 
 #[cfg(test)]

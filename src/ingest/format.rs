@@ -65,7 +65,7 @@ impl RecordFormat {
     pub fn decode(self, rec: &RawRecord) -> Result<DecodedPush, FormatError> {
         match self {
             RecordFormat::Native => decode_native(rec),
-            RecordFormat::Goim => decode_goim(rec.value.as_ref().ok_or(FormatError::NoValue)?),
+            RecordFormat::Goim => decode_goim(&rec.value().ok_or(FormatError::NoValue)?),
         }
     }
 }
@@ -100,15 +100,15 @@ pub fn target_key(target: &PushTarget) -> Vec<String> {
 }
 
 fn decode_native(rec: &RawRecord) -> Result<DecodedPush, FormatError> {
-    let target = parse_target(rec.key.as_deref().ok_or(FormatError::NoKey)?)?;
+    let target = parse_target(rec.key().ok_or(FormatError::NoKey)?)?;
     let op = match rec.header(b"op") {
         None => DEFAULT_OP,
-        Some(v) => parse_op(v.as_deref().ok_or(FormatError::BadOp)?)?,
+        Some(v) => parse_op(v.ok_or(FormatError::BadOp)?)?,
     };
     Ok(DecodedPush {
         target,
         op,
-        body: rec.value.clone().unwrap_or_default(),
+        body: rec.value().unwrap_or_default(),
     })
 }
 

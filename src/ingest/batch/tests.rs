@@ -41,12 +41,11 @@ fn decodes_every_codec() {
         for (i, r) in out.iter().enumerate() {
             assert_eq!(r.offset, i as i64);
             assert_eq!(r.timestamp, 1_700_000_000_000);
-            assert_eq!(r.key.as_deref(), Some(format!("room:r{i}").as_bytes()));
-            assert_eq!(r.value.as_deref(), Some(format!("body-{i}").as_bytes()));
-            assert_eq!(
-                r.header(b"op"),
-                Some(Some(Bytes::from((1000 + i).to_string())))
-            );
+            assert_eq!(r.key(), Some(format!("room:r{i}").as_bytes()));
+            assert_eq!(r.value().as_deref(), Some(format!("body-{i}").as_bytes()));
+            assert_eq!(r.value_bytes(), Some(format!("body-{i}").as_bytes()));
+            let op = (1000 + i).to_string();
+            assert_eq!(r.header(b"op"), Some(Some(op.as_bytes())));
             assert_eq!(r.header(b"nope"), None);
         }
     }
@@ -118,7 +117,7 @@ fn null_key_and_value() {
     let data = encode_batch(&[r], Compression::None, 0).unwrap();
     let b = Batches::new(data).next().unwrap().unwrap();
     let rec = b.records().unwrap().next().unwrap().unwrap();
-    assert_eq!(rec.key, None);
-    assert_eq!(rec.value, None);
+    assert_eq!(rec.key(), None);
+    assert_eq!(rec.value(), None);
     assert_eq!(rec.header_count(), 0);
 }
