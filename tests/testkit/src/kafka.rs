@@ -249,6 +249,10 @@ impl KafkaBroker {
 
     /// Produces `records` as one batch with `compression` to `topic`/`partition`
     /// (acks = all) and returns the base offset the broker assigned.
+    ///
+    /// Retries retriable errors for a while: right after a topic is created
+    /// (or the broker restarted) Metadata may already name a leader that has
+    /// not taken the partition over yet (NOT_LEADER_OR_FOLLOWER).
     pub fn produce(
         &self,
         topic: &str,
@@ -256,11 +260,48 @@ impl KafkaBroker {
         records: &[TestRecord],
         compression: Compression,
     ) -> i64 {
-        self.connect()
-            .and_then(|mut c| c.produce(topic, partition, records, compression))
-            .unwrap_or_else(|e| panic!("produce to {topic}/{partition}: {e:#}"))
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let r = self
+                .connect()
+                .and_then(|mut c| c.produce(topic, partition, records, compression));
+            match r {
+                Ok(offset) => return offset,
+                Err(e) if Instant::now() < deadline && is_retriable(&e) => {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                Err(e) => panic!("produce to {topic}/{partition}: {e:#}"),
+            }
+        }
     }
 }
+
+/// Kafka error codes worth retrying while a partition settles: UNKNOWN_TOPIC_OR_PARTITION,
+/// LEADER_NOT_AVAILABLE, NOT_LEADER_OR_FOLLOWER, REQUEST_TIMED_OUT, NOT_ENOUGH_REPLICAS.
+const RETRIABLE: [i16; 5] = [3, 5, 6, 7, 19];
+
+fn is_retriable(e: &anyhow::Error) -> bool {
+    match e.downcast_ref::<ProduceError>() {
+        Some(ProduceError(code)) => RETRIABLE.contains(code),
+        // Connection refused/reset while the broker (re)starts.
+        None => {
+            e.downcast_ref::<std::io::Error>().is_some()
+                || e.chain().any(|c| c.is::<std::io::Error>())
+        }
+    }
+}
+
+/// A produce answered with a Kafka error code.
+#[derive(Debug)]
+pub struct ProduceError(pub i16);
+
+impl std::fmt::Display for ProduceError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "produce error code {}", self.0)
+    }
+}
+
+impl std::error::Error for ProduceError {}
 
 /// A record for [`KafkaBroker::produce`].
 #[derive(Debug, Clone, Default)]
@@ -439,7 +480,8 @@ impl KafkaConn {
             .and_then(|t| t.partition_responses.first())
             .ok_or_else(|| anyhow!("empty produce response"))?;
         if p.error_code != 0 {
-            bail!("produce error {} {:?}", p.error_code, p.error_message);
+            return Err(anyhow::Error::new(ProduceError(p.error_code))
+                .context(format!("produce failed: {:?}", p.error_message)));
         }
         Ok(p.base_offset)
     }
