@@ -56,6 +56,8 @@ pub struct Config {
     pub shards: ShardsConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    /// Kafka ingest (`[kafka]`); no brokers = embedded mode.
+    pub kafka: crate::ingest::KafkaConfig,
 }
 
 /// Listening sockets.
@@ -259,6 +261,18 @@ pub struct Overrides {
     /// PEM file of the EdDSA public key for JWTs.
     #[arg(long, env = "CORECAST_JWT_EDDSA_PUBLIC_KEY")]
     pub jwt_eddsa_public_key: Option<PathBuf>,
+    /// Kafka bootstrap brokers, comma separated (enables Kafka ingest).
+    #[arg(long, env = "CORECAST_KAFKA_BROKERS", value_delimiter = ',')]
+    pub kafka_brokers: Option<Vec<String>>,
+    /// Kafka push topic.
+    #[arg(long, env = "CORECAST_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// Kafka record format: native or goim.
+    #[arg(long, env = "CORECAST_KAFKA_FORMAT")]
+    pub kafka_format: Option<crate::ingest::RecordFormat>,
+    /// Where partitions start: latest or earliest.
+    #[arg(long, env = "CORECAST_KAFKA_START")]
+    pub kafka_start: Option<crate::ingest::StartFrom>,
 }
 
 impl Config {
@@ -318,6 +332,10 @@ impl Config {
         if o.jwt_eddsa_public_key.is_some() {
             self.auth.eddsa_public_key = o.jwt_eddsa_public_key.clone();
         }
+        set(&mut self.kafka.brokers, &o.kafka_brokers);
+        set(&mut self.kafka.topic, &o.kafka_topic);
+        set(&mut self.kafka.format, &o.kafka_format);
+        set(&mut self.kafka.start, &o.kafka_start);
     }
 
     /// Checks values that parse but cannot work.

@@ -159,7 +159,19 @@ fn serve(o: Overrides) -> anyhow::Result<()> {
         max_body: cfg.limits.max_body,
         ..Default::default()
     };
-    let control = corecast::control::spawn(control_cfg, links, shutdown.clone(), Vec::new())?;
+    // Kafka ingest runs on the control executor and pushes through its dispatcher.
+    let mut control_tasks: Vec<corecast::control::ControlTask> = Vec::new();
+    if cfg.kafka.enabled() {
+        tracing::info!(brokers = ?cfg.kafka.brokers, topic = %cfg.kafka.topic,
+            format = ?cfg.kafka.format, start = ?cfg.kafka.start, "kafka ingest enabled");
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        control_tasks.push(corecast::ingest::control_task(
+            cfg.kafka.clone(),
+            stop,
+            |_stats| {},
+        ));
+    }
+    let control = corecast::control::spawn(control_cfg, links, shutdown.clone(), control_tasks)?;
 
     let settings = Arc::new(Settings::from_config(&cfg, verifier, max_conns));
     let threads = match shard::spawn_shards(settings, inboxes, listeners, &cpus) {

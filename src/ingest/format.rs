@@ -24,7 +24,17 @@ use crate::fanout::PushTarget;
 pub const DEFAULT_OP: u32 = 1000;
 
 /// Which record format the push topic carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum RecordFormat {
     #[default]

@@ -115,7 +115,7 @@ fn partition_map<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<i32,
 }
 
 /// Start position of a partition with no explicit offset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum StartFrom {
     #[default]
