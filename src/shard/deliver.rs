@@ -185,7 +185,10 @@ impl Shard {
         if matches!(c.state, State::Closing | State::Closed) || b.is_empty() {
             return;
         }
-        if c.queued_bytes() + b.len() > cap {
+        // An empty queue always takes one frame, however large (a batch may
+        // exceed the cap on its own); the cap bounds what piles up behind it.
+        let queued = c.queued_bytes();
+        if queued > 0 && queued + b.len() > cap {
             match self.s.send_policy {
                 SendPolicy::Drop => {
                     self.counters.dropped_over_cap += msgs.max(1);

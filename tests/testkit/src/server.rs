@@ -339,6 +339,72 @@ impl TcpClient {
         })
     }
 
+    /// Connects with a small receive buffer (set before connect, so the
+    /// advertised window stays small): a client that can be made to stall.
+    pub fn connect_with_rcvbuf(addr: SocketAddr, rcvbuf: i32) -> Result<TcpClient> {
+        use std::os::fd::FromRawFd;
+        let SocketAddr::V4(v4) = addr else {
+            bail!("IPv4 only")
+        };
+        // SAFETY: plain socket syscalls on a fresh fd owned by the TcpStream below.
+        let s = unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+            if fd < 0 {
+                bail!("socket: {}", std::io::Error::last_os_error());
+            }
+            let s = TcpStream::from_raw_fd(fd);
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&rcvbuf as *const i32).cast(),
+                4,
+            );
+            let sa = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: v4.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*v4.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            if libc::connect(
+                fd,
+                (&sa as *const libc::sockaddr_in).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as u32,
+            ) != 0
+            {
+                bail!("connect {addr}: {}", std::io::Error::last_os_error());
+            }
+            s
+        };
+        s.set_read_timeout(Some(READ_TIMEOUT))?;
+        Ok(TcpClient {
+            s,
+            buf: Vec::new(),
+            queue: Default::default(),
+        })
+    }
+
+    /// Closes with a TCP reset (SO_LINGER 0) instead of a FIN.
+    pub fn reset(self) {
+        use std::os::fd::AsRawFd;
+        let l = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on our own open socket.
+        unsafe {
+            libc::setsockopt(
+                self.s.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&l as *const libc::linger).cast(),
+                std::mem::size_of::<libc::linger>() as u32,
+            );
+        }
+    }
+
     /// Connects and authenticates; fails unless op 8 with an empty body comes back.
     pub fn connect_auth(addr: SocketAddr, body: &[u8]) -> Result<TcpClient> {
         let mut c = TcpClient::connect(addr)?;
