@@ -290,16 +290,20 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The linked SQEs that open a socket straight into fixed `slot`, bind it to
-/// `src` (port 0: the kernel picks one) and connect it to `dst`. Only the
-/// connect posts a completion on success.
+/// Read by the kernel through the SetSockOpt SQE of every connect chain.
+static ONE: libc::c_int = 1;
+
+/// The linked SQEs that open a socket straight into fixed `slot`, set
+/// IP_BIND_ADDRESS_NO_PORT (the port is then picked at connect time from the
+/// 4-tuple hash, far cheaper than bind's search), bind it to `src` and connect
+/// it to `dst`. Only the connect posts a completion on success.
 pub fn connect_chain(
     slot: u32,
     src: &libc::sockaddr_in,
     dst: &libc::sockaddr_in,
     chain_ud: u64,
     connect_ud: u64,
-) -> [squeue::Entry; 3] {
+) -> [squeue::Entry; 4] {
     let dest = types::DestinationSlot::try_from_slot_target(slot)
         .expect("slot below the auto-alloc marker");
     let link = squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS;
@@ -309,6 +313,16 @@ pub fn connect_chain(
             .build()
             .flags(link)
             .user_data(chain_ud),
+        opcode::SetSockOpt::new(
+            types::Fixed(slot),
+            libc::IPPROTO_IP as u32,
+            libc::IP_BIND_ADDRESS_NO_PORT as u32,
+            (&ONE as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+        .build()
+        .flags(link)
+        .user_data(chain_ud),
         opcode::Bind::new(
             types::Fixed(slot),
             (src as *const libc::sockaddr_in).cast(),

@@ -54,9 +54,11 @@ fn split(ud: u64) -> (u64, u16, u32) {
     (ud >> 56, (ud >> 32) as u16, ud as u32)
 }
 
-/// Receive buffers shared by all connections of a worker.
-const RECV_BUFFERS: u16 = 2048;
-const RECV_BUFFER_SIZE: usize = 4096;
+/// Receive buffers shared by all connections of a worker (2 MiB): many small
+/// buffers, as pushes are small and bursts hit many connections at once;
+/// larger frames continue in the connection's spill buffer.
+const RECV_BUFFERS: u16 = 1024;
+const RECV_BUFFER_SIZE: usize = 2048;
 /// After the close phase starts, give outstanding closes this long.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 

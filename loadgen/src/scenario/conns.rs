@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::target::{rss_bytes, self_rss_bytes, TargetArgs};
+use super::target::{cpu_secs, rss_bytes, self_rss_bytes, TargetArgs};
 use super::Progress;
 use crate::engine::stats::Percentiles;
 use crate::engine::{Engine, Transport};
@@ -56,6 +56,10 @@ pub struct ConnsReport {
     /// (RSS after − RSS before) / authenticated connections.
     pub server_bytes_per_conn: f64,
     pub loadgen_bytes_per_conn: f64,
+    /// Server CPU time spent while connecting, per authenticated connection (µs).
+    pub server_cpu_us_per_conn: f64,
+    /// Loadgen CPU time spent while connecting, per authenticated connection (µs).
+    pub loadgen_cpu_us_per_conn: f64,
     pub held_secs: f64,
     /// Authenticated connections the server closed while they were held.
     pub closed_by_server: u64,
@@ -71,6 +75,9 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     }
     let server_rss_before = pid.and_then(|p| rss_bytes(p).ok()).unwrap_or(0);
     let loadgen_rss_before = self_rss_bytes();
+    let me = std::process::id();
+    let server_cpu_before = pid.and_then(|p| cpu_secs(p).ok()).unwrap_or(0.0);
+    let loadgen_cpu_before = cpu_secs(me).unwrap_or(0.0);
     let run_for = Duration::from_secs_f64(args.timeout_secs + args.hold_secs + 30.0);
     let mut plan = t.plan(args.conns, run_for);
     plan.connect_rate = args.rate;
@@ -87,6 +94,8 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     let connect_seconds = t0.elapsed().as_secs_f64();
     let server_rss_after = pid.and_then(|p| rss_bytes(p).ok()).unwrap_or(0);
     let loadgen_rss_after = self_rss_bytes();
+    let server_cpu = pid.and_then(|p| cpu_secs(p).ok()).unwrap_or(0.0) - server_cpu_before;
+    let loadgen_cpu = cpu_secs(me).unwrap_or(0.0) - loadgen_cpu_before;
 
     progress.phase("conns: holding", (args.hold_secs * 10.0) as u64);
     let hold0 = Instant::now();
@@ -126,6 +135,12 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
             0.0
         },
         loadgen_bytes_per_conn: per(loadgen_rss_before, loadgen_rss_after),
+        server_cpu_us_per_conn: if pid.is_some() {
+            server_cpu * 1e6 / authed.max(1) as f64
+        } else {
+            0.0
+        },
+        loadgen_cpu_us_per_conn: loadgen_cpu * 1e6 / authed.max(1) as f64,
         held_secs,
         closed_by_server: res.totals.closed_by_server
             - closed_before.min(res.totals.closed_by_server),

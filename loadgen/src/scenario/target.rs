@@ -93,6 +93,19 @@ pub fn rss_bytes(pid: u32) -> Result<u64> {
     bail!("no VmRSS in /proc/{pid}/status")
 }
 
+/// CPU time (user + system) of `pid` so far, in seconds.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .with_context(|| format!("reading /proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are 14 and 15.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // SAFETY: sysconf only reads a system value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11) + ticks(12)) as f64 / hz)
+}
+
 /// Our own RSS.
 pub fn self_rss_bytes() -> u64 {
     rss_bytes(std::process::id()).unwrap_or(0)
