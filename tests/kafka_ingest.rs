@@ -251,3 +251,41 @@ fn producer_records_are_acknowledged_and_consumed() {
     let want: Vec<(u32, String)> = (0..20u32).map(|i| (1000 + i, format!("p{i}"))).collect();
     assert_eq!(got, want);
 }
+
+#[test]
+fn partitions_added_later_are_read_from_their_start() {
+    let k = kafka();
+    let topic = unique_topic("ingest-grow");
+    k.create_topic(&topic, 1);
+    let mut cfg = config(k.bootstrap(), &topic);
+    cfg.start = StartFrom::Latest;
+    cfg.metadata_refresh_secs = 1;
+    let c = TestConsumer::start(cfg);
+    // Wait until the consumer is positioned (a probe arrives).
+    let mut probes = 0;
+    loop {
+        probes += 1;
+        let rec = TestRecord::native("all", 1000, format!("probe-{probes}"));
+        k.produce(&topic, 0, &[rec], Compression::None);
+        if !c.drain_for(Duration::from_millis(300)).is_empty() {
+            break;
+        }
+        assert!(probes < 400, "consumer never positioned");
+    }
+    // A record in a partition the consumer has not seen yet must still
+    // arrive, although the consumer started at `latest`.
+    k.add_partitions(&topic, 2);
+    k.produce(
+        &topic,
+        1,
+        &[TestRecord::native("all", 1000, "in-new-partition")],
+        Compression::None,
+    );
+    loop {
+        let p = c.next("record of the added partition");
+        if body(&p) == "in-new-partition" {
+            break;
+        }
+        assert!(body(&p).starts_with("probe-"), "unexpected {}", body(&p));
+    }
+}

@@ -47,6 +47,10 @@ const EARLIEST: i64 = -2;
 struct Table {
     /// Next offset to deliver, per partition (absent = not started yet).
     offsets: BTreeMap<i32, i64>,
+    /// Partitions the first session saw. Ones added to the topic later start
+    /// from their earliest offset, so records produced before this node
+    /// noticed the new partition are not skipped.
+    initial: Option<std::collections::BTreeSet<i32>>,
 }
 
 /// Runs the consumer until `stop` is set. Never returns early on errors: it
@@ -188,6 +192,10 @@ async fn session<S: PushSink + 'static>(
         .map_err(|e| (e, false))?;
     let layout = Rc::new(layout(&mut conn, cfg).await.map_err(|e| (e, false))?);
     drop(conn);
+    table
+        .borrow_mut()
+        .initial
+        .get_or_insert_with(|| layout.leaders.keys().copied().collect());
 
     // Group partitions by leader.
     let mut by_leader: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -308,7 +316,14 @@ async fn resolve_start<S>(ctx: &FetchCtx<S>, conn: &mut BrokerConn) -> Result<()
             ctx.set_offset(p, o);
             continue;
         }
+        let added_later = ctx
+            .table
+            .borrow()
+            .initial
+            .as_ref()
+            .is_some_and(|i| !i.contains(&p));
         let ts = match ctx.cfg.start {
+            _ if added_later => EARLIEST,
             StartFrom::Latest => LATEST,
             StartFrom::Earliest => EARLIEST,
         };

@@ -38,11 +38,12 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::indexmap::IndexMap;
+use kafka_protocol::messages::create_partitions_request::CreatePartitionsTopic;
 use kafka_protocol::messages::create_topics_request::CreatableTopic;
 use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
 use kafka_protocol::messages::{
-    ApiVersionsRequest, ApiVersionsResponse, CreateTopicsRequest, MetadataRequest,
-    MetadataResponse, ProduceRequest, RequestHeader, TopicName,
+    ApiVersionsRequest, ApiVersionsResponse, CreatePartitionsRequest, CreateTopicsRequest,
+    MetadataRequest, MetadataResponse, ProduceRequest, RequestHeader, TopicName,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, Request, StrBytes};
 use kafka_protocol::records::{
@@ -63,6 +64,7 @@ const TOPIC_ALREADY_EXISTS: i16 = 36;
 const API_VERSIONS_V: i16 = 3;
 const METADATA_V: i16 = 12;
 const CREATE_TOPICS_V: i16 = 7;
+const CREATE_PARTITIONS_V: i16 = 3;
 /// Produce v9 is the newest that addresses topics by name (v13 uses ids).
 const PRODUCE_V: i16 = 9;
 
@@ -210,6 +212,35 @@ impl KafkaBroker {
     pub fn create_topic(&self, name: &str, partitions: i32) {
         self.try_create_topic(name, partitions)
             .unwrap_or_else(|e| panic!("create topic {name}: {e:#}\n{}", self.log_tail(30)))
+    }
+
+    /// Grows `name` to `total` partitions and waits until all have a leader.
+    pub fn add_partitions(&self, name: &str, total: i32) {
+        self.try_add_partitions(name, total)
+            .unwrap_or_else(|e| panic!("add partitions to {name}: {e:#}\n{}", self.log_tail(30)))
+    }
+
+    fn try_add_partitions(&self, name: &str, total: i32) -> Result<()> {
+        let mut conn = self.connect()?;
+        let mut t = CreatePartitionsTopic::default();
+        t.name = TopicName(StrBytes::from_string(name.to_string()));
+        t.count = total;
+        t.assignments = None; // the controller places the new partitions
+        let mut req = CreatePartitionsRequest::default();
+        req.topics = vec![t];
+        req.timeout_ms = 30_000;
+        let resp = conn.request(&req, CREATE_PARTITIONS_V)?;
+        for r in &resp.results {
+            if r.error_code != 0 {
+                bail!(
+                    "CreatePartitions error {} {:?}",
+                    r.error_code,
+                    r.error_message
+                );
+            }
+        }
+        // Same readiness wait as create_topic (already-existing is fine there).
+        self.try_create_topic(name, total)
     }
 
     fn try_create_topic(&self, name: &str, partitions: i32) -> Result<()> {
