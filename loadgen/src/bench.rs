@@ -3,24 +3,26 @@
 //! every scenario at sizes that fit the machine, and writes `report.json`,
 //! `report.svg` and a one-screen summary.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::Serialize;
+
+mod server;
+mod summary;
 
 use crate::ceiling::{self, CeilingArgs, CeilingReport};
 use crate::engine::uring::pin_to_cpu;
 use crate::engine::Transport;
-use crate::http::HttpClient;
 use crate::scenario::broadcast::{self, BroadcastArgs, SlowArgs, SlowReport, UnicastArgs};
 use crate::scenario::conns::{self, ConnsArgs, ConnsReport};
 use crate::scenario::push::PushReport;
 use crate::scenario::storm::{self, StormArgs, StormReport};
 use crate::scenario::target::TargetArgs;
 use crate::scenario::Progress;
+use server::{find_or_build_server, Server};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
 pub enum Size {
@@ -395,291 +397,5 @@ fn machine() -> Machine {
         kernel,
         cpu_model,
         nofile: rl.rlim_cur,
-    }
-}
-
-/// `corecast` next to this binary (same target dir), else `cargo build --release`.
-pub fn find_or_build_server() -> Result<PathBuf> {
-    let exe = std::env::current_exe()?;
-    if let Some(dir) = exe.parent() {
-        let candidate = dir.join("corecast");
-        if candidate.is_file() {
-            return Ok(candidate);
-        }
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .context("locating the workspace")?
-        .to_path_buf();
-    eprintln!("corecast binary not found next to the loadgen; building it (cargo build --release --bin corecast)");
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--bin", "corecast"])
-        .current_dir(&workspace)
-        .status()
-        .context("running cargo")?;
-    if !status.success() {
-        bail!("cargo build --release --bin corecast failed");
-    }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace.join("target"));
-    let bin = target.join("release").join("corecast");
-    if !bin.is_file() {
-        bail!("built corecast but cannot find it at {}", bin.display());
-    }
-    Ok(bin)
-}
-
-/// The server under test, stopped (SIGTERM, then SIGKILL) on drop.
-pub struct Server {
-    child: Child,
-    pub ws_port: u16,
-    pub tcp_port: u16,
-    pub http_port: u16,
-}
-
-fn free_port() -> Result<u16> {
-    Ok(
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port(),
-    )
-}
-
-impl Server {
-    pub fn start(bin: &Path, cpus: &str, max_conns: u64, log_dir: &Path) -> Result<Self> {
-        let (ws_port, tcp_port, http_port) = (free_port()?, free_port()?, free_port()?);
-        // One shard ring holds ≤ ~19k direct descriptors (nofile cap).
-        let shards = max_conns.div_ceil(15_000).max(1);
-        let log = std::fs::File::create(log_dir.join("server.log"))?;
-        let cpu_list = parse_cpu_list(cpus)?;
-        let mut cmd = Command::new(bin);
-        cmd.args(["serve", "--auth-mode", "insecure"])
-            .arg("--ws-listen")
-            .arg(format!("127.0.0.1:{ws_port}"))
-            .arg("--tcp-listen")
-            .arg(format!("127.0.0.1:{tcp_port}"))
-            .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http_port}"))
-            .arg("--shards")
-            .arg(shards.to_string())
-            .arg("--cpus")
-            .arg(cpus)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
-        // SAFETY: pre_exec runs in the forked child before exec; it only calls
-        // sched_setaffinity, which is async-signal-safe, on stack data.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(move || {
-                let mut set: libc::cpu_set_t = std::mem::zeroed();
-                for &c in &cpu_list {
-                    libc::CPU_SET(c, &mut set);
-                }
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
-                Ok(())
-            });
-        }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let mut server = Server {
-            child,
-            ws_port,
-            tcp_port,
-            http_port,
-        };
-        server.wait_ready(log_dir)?;
-        Ok(server)
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn wait_ready(&mut self, log_dir: &Path) -> Result<()> {
-        let t0 = Instant::now();
-        let mut http = HttpClient::new(SocketAddrV4::new(Ipv4Addr::LOCALHOST, self.http_port));
-        loop {
-            if let Some(status) = self.exited() {
-                let log = std::fs::read_to_string(log_dir.join("server.log")).unwrap_or_default();
-                bail!("the server exited at start ({status}): {}", log.trim());
-            }
-            let http_ok = http.get("/health").is_ok_and(|r| r.status == 200);
-            let ws_ok = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, self.ws_port)).is_ok();
-            if http_ok && ws_ok {
-                return Ok(());
-            }
-            if t0.elapsed() > Duration::from_secs(30) {
-                bail!(
-                    "the server did not become ready (GET /health on port {}) within 30 s",
-                    self.http_port
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
-        self.child.try_wait().ok().flatten()
-    }
-
-    pub fn stop(&mut self) {
-        if self.exited().is_some() {
-            return;
-        }
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(self.child.id() as i32, libc::SIGTERM);
-        }
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(10) {
-            if self.exited().is_some() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn parse_cpu_list(s: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
-    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
-        match part.split_once('-') {
-            Some((a, b)) => out.extend(a.trim().parse::<usize>()?..=b.trim().parse::<usize>()?),
-            None => out.push(part.parse()?),
-        }
-    }
-    if out.is_empty() {
-        bail!("empty CPU list");
-    }
-    Ok(out)
-}
-
-fn fmt_rate(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.2}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else {
-        format!("{v:.0}")
-    }
-}
-
-fn ratio(r: Option<f64>) -> String {
-    r.map(|x| format!("{:.0}%", x * 100.0))
-        .unwrap_or_else(|| "-".into())
-}
-
-impl BenchReport {
-    /// One screen: each figure, and its ratio to the ceiling where one applies.
-    pub fn print_summary(&self) {
-        let m = &self.machine;
-        println!(
-            "corecast bench ({:?}) — {} CPUs, Linux {}, server on CPU {}, loadgen on CPU {}",
-            self.size.unwrap_or(Size::Standard),
-            m.nproc,
-            m.kernel,
-            self.server_cpus,
-            self.loadgen_cpu
-        );
-        println!(
-            "{:<34} {:>14} {:>12}  note",
-            "figure", "value", "vs ceiling"
-        );
-        println!("{}", "-".repeat(78));
-        let row = |name: &str, v: String, r: String, note: String| {
-            println!("{name:<34} {v:>14} {r:>12}  {note}");
-        };
-        if let Some(c) = &self.ceiling {
-            row(
-                "ceiling connect+accept/s",
-                fmt_rate(c.connects_per_sec),
-                "100%".into(),
-                String::new(),
-            );
-            row(
-                "ceiling sends/s (64 B)",
-                fmt_rate(c.sends_per_sec),
-                "100%".into(),
-                String::new(),
-            );
-            row(
-                "ceiling frames/s (8 per SendMsg)",
-                fmt_rate(c.batched_frames_per_sec),
-                String::new(),
-                String::new(),
-            );
-        }
-        if let Some(c) = &self.conns {
-            row(
-                "conns: connect+WS+auth/s",
-                fmt_rate(c.connects_per_sec),
-                ratio(self.ratios.connects),
-                format!("{} conns", c.authed),
-            );
-            row(
-                "conns: server RSS per conn",
-                format!("{:.0} B", c.server_bytes_per_conn),
-                String::new(),
-                format!("loadgen {:.0} B/conn", c.loadgen_bytes_per_conn),
-            );
-        }
-        for (name, r, rat) in [
-            (
-                "broadcast ws",
-                &self.broadcast_ws,
-                self.ratios.broadcast_ws_frames,
-            ),
-            (
-                "broadcast tcp",
-                &self.broadcast_tcp,
-                self.ratios.broadcast_tcp_frames,
-            ),
-            ("unicast ws", &self.unicast, None),
-        ] {
-            if let Some(r) = r {
-                row(
-                    &format!("{name}: msgs/s"),
-                    fmt_rate(r.msgs_per_sec),
-                    ratio(rat),
-                    format!("{} of {} delivered", r.received, r.expected),
-                );
-                row(
-                    &format!("{name}: latency p50/p99"),
-                    format!("{}/{} µs", r.latency.p50_us, r.latency.p99_us),
-                    String::new(),
-                    format!("{} lost by seq", r.gap_lost),
-                );
-            }
-        }
-        if let Some(s) = &self.storm {
-            row(
-                "storm: sessions/s",
-                fmt_rate(s.sessions_per_sec),
-                String::new(),
-                format!("{} failed", s.failed),
-            );
-        }
-        if let Some(s) = &self.slow {
-            row(
-                "slow: healthy p99 vs baseline",
-                format!("{:.2}×", s.p99_ratio),
-                String::new(),
-                format!("{:.0}% slow clients", s.slow_share * 100.0),
-            );
-        }
-        for f in &self.failures {
-            println!("FAILED {f}");
-        }
     }
 }

@@ -14,14 +14,14 @@ use anyhow::{Context, Result};
 use corecast_protocol::auth::AuthRequest;
 use corecast_protocol::packet::{encode_packet_to_vec, op};
 use corecast_protocol::ws::frame::{encode_client_frame, FrameDecoder, Opcode};
-use corecast_protocol::ws::handshake::{
-    key_from_bytes, parse_upgrade_response, write_upgrade_request,
-};
+use corecast_protocol::ws::handshake::{key_from_bytes, write_upgrade_request};
 use hdrhistogram::Histogram;
-use io_uring::{cqueue, opcode, squeue, types};
+use io_uring::{opcode, squeue, types};
 
 use super::addr::SourceAddrs;
-use super::conn::{parse_stream, Conn, Outcome, RecvCtx, State};
+use super::conn::{Conn, State};
+mod recv;
+
 use super::stats::{new_histogram, SharedHistograms, SharedTotals, Totals};
 use super::uring::{self, connect_chain, BufRing, Completion, Uring};
 use super::{AuthMode, ClientPlan, Control, Transport, PHASE_RUN};
@@ -526,180 +526,5 @@ impl Worker {
             State::Connecting | State::Handshaking | State::Authing => self.fail(idx, || why),
             _ => Ok(()),
         }
-    }
-
-    fn on_recv(&mut self, c: &Completion, gen: u16, idx: u32) -> Result<()> {
-        let bid = cqueue::buffer_select(c.flags);
-        let current = self
-            .conns
-            .get(idx as usize)
-            .is_some_and(|conn| conn.gen == gen);
-        let more = uring::more(c.flags);
-        if current && !more {
-            self.conns[idx as usize].recv_armed = false;
-        }
-        if !current {
-            if let Some(bid) = bid {
-                self.bufs.recycle(bid);
-            }
-            return Ok(());
-        }
-        if c.result > 0 {
-            let bid = bid.expect("a receive with data always selects a buffer");
-            let outcome = self.on_data(idx, bid, c.result as usize);
-            self.bufs.recycle(bid);
-            self.apply(idx, outcome?)?;
-            let conn = &self.conns[idx as usize];
-            if !conn.recv_armed
-                && matches!(
-                    conn.state,
-                    State::Handshaking | State::Authing | State::Ready
-                )
-            {
-                self.arm_recv(idx)?;
-            }
-            return Ok(());
-        }
-        if let Some(bid) = bid {
-            self.bufs.recycle(bid);
-        }
-        let state = self.conns[idx as usize].state;
-        match c.result {
-            r if r == -libc::ENOBUFS => {
-                if matches!(state, State::Handshaking | State::Authing | State::Ready) {
-                    self.arm_recv(idx)?;
-                }
-                Ok(())
-            }
-            r if r == -libc::ECANCELED && state == State::Slow => Ok(()),
-            0 => self.on_server_close(idx, "EOF".into()),
-            r => self.on_server_close(
-                idx,
-                format!("recv: {}", std::io::Error::from_raw_os_error(-r)),
-            ),
-        }
-    }
-
-    /// Feed received bytes to the connection's parser (spilling a partial tail).
-    fn on_data(&mut self, idx: u32, bid: u16, len: usize) -> Result<Outcome> {
-        self.totals.bytes += len as u64;
-        let ws = self.spec.plan.transport == Transport::Ws;
-        if !ws {
-            self.totals.frames += 1;
-        }
-        let mut out = Outcome::default();
-        let conn = &mut self.conns[idx as usize];
-        let data = self.bufs.data_mut(bid, len);
-        if conn.state == State::Handshaking {
-            let spill = conn.spill.get_or_insert_with(Default::default);
-            spill.extend_from_slice(data);
-            match parse_upgrade_response(spill, &self.ws_key) {
-                Ok(Some(n)) => {
-                    spill.drain(..n);
-                    if spill.is_empty() {
-                        conn.spill = None;
-                    }
-                    conn.state = State::Authing;
-                    out.auth = None;
-                    // Send op 7 now; any bytes after the 101 are frames.
-                    let auth = self.auth_bytes(idx);
-                    self.send_owned(idx, auth)?;
-                    let conn = &mut self.conns[idx as usize];
-                    if let Some(mut spill) = conn.spill.take() {
-                        let mut ctx = RecvCtx {
-                            totals: &mut self.totals,
-                            latency: &mut self.latency,
-                            now_ns: uring::mono_ns(),
-                            ws: Some(&mut self.decoder),
-                        };
-                        let n = parse_stream(&mut ctx, conn, &mut spill[..], &mut out);
-                        spill.drain(..n);
-                        if !spill.is_empty() {
-                            conn.spill = Some(spill);
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => out.close = Some(format!("websocket handshake: {e}")),
-            }
-            return Ok(out);
-        }
-        if !matches!(conn.state, State::Authing | State::Ready) {
-            return Ok(out);
-        }
-        let mut ctx = RecvCtx {
-            totals: &mut self.totals,
-            latency: &mut self.latency,
-            now_ns: uring::mono_ns(),
-            ws: if ws { Some(&mut self.decoder) } else { None },
-        };
-        if let Some(mut spill) = conn.spill.take() {
-            spill.extend_from_slice(data);
-            let n = parse_stream(&mut ctx, conn, &mut spill[..], &mut out);
-            spill.drain(..n);
-            if !spill.is_empty() {
-                conn.spill = Some(spill);
-            }
-        } else {
-            let n = parse_stream(&mut ctx, conn, data, &mut out);
-            if n < data.len() {
-                conn.spill = Some(Box::new(data[n..].to_vec()));
-            }
-        }
-        if out.close.is_some() && ws {
-            // A broken stream may leave the shared decoder mid-message.
-            self.decoder = FrameDecoder::client(super::conn::MAX_SERVER_PACKET);
-        }
-        Ok(out)
-    }
-
-    fn apply(&mut self, idx: u32, out: Outcome) -> Result<()> {
-        match out.auth {
-            Some(Ok(())) => self.on_authed(idx)?,
-            Some(Err(body)) => return self.fail(idx, || format!("auth rejected: {body}")),
-            None => {}
-        }
-        if let Some(ping) = out.pong {
-            let mut f = Vec::with_capacity(ping.len() + 6);
-            encode_client_frame(Opcode::Pong, &ping, self.mask_key, &mut f);
-            self.send_owned(idx, f)?;
-        }
-        if let Some(why) = out.close {
-            self.on_server_close(idx, why)?;
-        }
-        Ok(())
-    }
-
-    fn on_authed(&mut self, idx: u32) -> Result<()> {
-        let now_us = self.epoch.elapsed().as_micros() as u32;
-        let now_ms = self.now_ms();
-        let plan = self.spec.plan.clone();
-        let g = self.spec.first_conn + idx as u64;
-        let conn = &mut self.conns[idx as usize];
-        self.totals.authed += 1;
-        let _ = self
-            .auth_latency
-            .record((now_us.wrapping_sub(conn.started_us) as u64).max(1));
-        let gen = conn.gen;
-        if plan.is_slow(g) {
-            conn.state = State::Slow;
-            if conn.recv_armed {
-                let e = opcode::AsyncCancel::new(ud(K_RECV, gen, idx))
-                    .build()
-                    .user_data(ud(K_CANCEL, gen, idx));
-                self.ring.push(&e)?;
-            }
-        } else {
-            conn.state = State::Ready;
-        }
-        if !plan.heartbeat.is_zero() {
-            self.heartbeats
-                .push_back((now_ms + plan.heartbeat.as_millis() as u32, idx, gen));
-        }
-        if let Some(after) = plan.churn_after {
-            self.churn
-                .push_back((now_ms + after.as_millis() as u32, idx, gen));
-        }
-        Ok(())
     }
 }
