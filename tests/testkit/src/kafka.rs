@@ -73,11 +73,13 @@ const PRODUCE_V: i16 = 9;
 /// Panics (failing the test) with a message saying what is missing when java
 /// or mvn are absent or the broker does not come up.
 pub fn kafka() -> &'static KafkaBroker {
-    static BROKER: OnceLock<KafkaBroker> = OnceLock::new();
-    BROKER.get_or_init(|| match KafkaBroker::launch() {
+    // The outcome is kept: after a failed start every test fails at once
+    // with the same message instead of retrying a slow start each.
+    static BROKER: OnceLock<Result<KafkaBroker, String>> = OnceLock::new();
+    match BROKER.get_or_init(|| KafkaBroker::launch().map_err(|e| format!("{e:#}"))) {
         Ok(b) => b,
-        Err(e) => panic!("Kafka test broker: {e:#}"),
-    })
+        Err(e) => panic!("Kafka test broker: {e}"),
+    }
 }
 
 /// One KRaft node (broker + controller) run from the Maven Central jars.
