@@ -9,6 +9,7 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -177,6 +178,8 @@ impl Chromium {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))
+            // Its own process group, so drop can kill the helpers too.
+            .process_group(0)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
         // Drain stdout on a thread so chromium never blocks on a full pipe.
@@ -208,7 +211,13 @@ impl Chromium {
 
 impl Drop for Chromium {
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        if !self.exited() {
+            // SAFETY: kill(2) on the process group of the chromium this
+            // test spawned (its pid is the group id, see `process_group(0)`).
+            unsafe {
+                libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+            }
+        }
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.profile);
         let _ = std::fs::remove_file(&self.stderr_log);
