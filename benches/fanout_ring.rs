@@ -1,7 +1,8 @@
 //! SPSC ring hand-off between two threads pinned to two cores (design §7:
 //! ≥ 50M items/s). Three shapes:
 //! - `u64/single`: one `push` / `pop` per item (the worst case);
-//! - `u64/batch256`: slices of up to 256 items per ring operation;
+//! - `u64/batch256`: slices of up to 256 items per ring operation (4096-slot
+//!   ring), and `u64/batch1024_ring64k` with the shard ring's real capacity;
 //! - `shard_msg/single`: the real payload, `ShardMsg::Push` clones of one
 //!   encoded push (reference-count increments included), as control feeds
 //!   shards.
@@ -92,12 +93,22 @@ fn u64_single(iters: u64) -> Duration {
 }
 
 fn u64_batched(iters: u64) -> Duration {
+    u64_batched_with(iters, RING, BATCH)
+}
+
+/// The control → shard ring's default capacity (`fanout::ChannelSizes`),
+/// with 1024-item slices.
+fn u64_batched_big(iters: u64) -> Duration {
+    u64_batched_with(iters, 65536, 1024)
+}
+
+fn u64_batched_with(iters: u64, ring: usize, batch: usize) -> Duration {
     let (p_cpu, c_cpu) = cpus();
     let total = ITEMS * iters;
-    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(RING);
+    let (mut tx, mut rx) = rtrb::RingBuffer::<u64>::new(ring);
     let consumer = std::thread::spawn(move || {
         pin_to(c_cpu);
-        let mut buf = [0u64; BATCH];
+        let mut buf = vec![0u64; batch];
         let mut got = 0u64;
         let mut sum = 0u64;
         while got < total {
@@ -113,10 +124,10 @@ fn u64_batched(iters: u64) -> Duration {
     });
     pin_to(p_cpu);
     let start = Instant::now();
-    let mut buf = [0u64; BATCH];
+    let mut buf = vec![0u64; batch];
     let mut sent = 0u64;
     while sent < total {
-        let n = (total - sent).min(BATCH as u64) as usize;
+        let n = (total - sent).min(batch as u64) as usize;
         for (k, slot) in buf[..n].iter_mut().enumerate() {
             *slot = sent + k as u64;
         }
@@ -182,6 +193,7 @@ fn ring_handoff(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(4));
     g.bench_function("u64/single", |b| b.iter_custom(u64_single));
     g.bench_function("u64/batch256", |b| b.iter_custom(u64_batched));
+    g.bench_function("u64/batch1024_ring64k", |b| b.iter_custom(u64_batched_big));
     g.bench_function("shard_msg/single", |b| b.iter_custom(shard_msgs));
     g.finish();
 }
