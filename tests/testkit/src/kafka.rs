@@ -103,6 +103,23 @@ impl KafkaBroker {
         check_tools()?;
         let lib = ensure_dist()?;
         sweep_stale_dirs();
+        // A port picked free can be taken before the JVM binds it (tests
+        // that open thousands of connections run on the same box): retry
+        // with fresh ports.
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match Self::launch_once(&lib) {
+                Ok(b) => return Ok(b),
+                Err(e) if attempt < 4 && format!("{e:#}").contains("Address already in use") => {
+                    eprintln!("testkit: Kafka port taken during start-up, retrying with new ports");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn launch_once(lib: &Path) -> Result<KafkaBroker> {
         static SEQ: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "{TEMP_PREFIX}{}-{}",
@@ -111,7 +128,11 @@ impl KafkaBroker {
         ));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("data")).with_context(|| format!("mkdir {dir:?}"))?;
-        let (port, controller_port) = (free_port()?, free_port()?);
+        let port = free_port()?;
+        let mut controller_port = free_port()?;
+        while controller_port == port {
+            controller_port = free_port()?;
+        }
         let mut classpath = OsString::from(lib.as_os_str());
         classpath.push("/*");
         let broker = KafkaBroker {
@@ -124,7 +145,10 @@ impl KafkaBroker {
         register_cleanup(&broker.dir);
         broker.write_config()?;
         broker.format()?;
-        broker.spawn_and_wait()?;
+        if let Err(e) = broker.spawn_and_wait() {
+            broker.kill();
+            return Err(e);
+        }
         Ok(broker)
     }
 

@@ -345,7 +345,28 @@ pub(super) fn ensure_dist() -> Result<PathBuf> {
     Ok(lib)
 }
 
+/// A free loopback port below the kernel's ephemeral range, so that the
+/// outgoing connections of other tests (which take ephemeral ports) cannot
+/// grab it between this check and the broker's bind, nor after a restart.
 pub(super) fn free_port() -> Result<u16> {
+    let low = fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    if low > 12_000 {
+        let mut seed = [0u8; 4];
+        if let Ok(mut f) = File::open("/dev/urandom") {
+            let _ = f.read_exact(&mut seed);
+        }
+        let span = low - 11_000;
+        let start = u32::from_ne_bytes(seed) % span;
+        for i in 0..200 {
+            let port = 10_000 + (start + i * 7919) % span;
+            if let Ok(l) = TcpListener::bind(("127.0.0.1", port as u16)) {
+                return Ok(l.local_addr()?.port());
+            }
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
     Ok(l.local_addr()?.port())
 }
