@@ -374,7 +374,10 @@ mod tests {
     #[test]
     fn reply_shapes() {
         assert_eq!(ok_body(None), r#"{"code":0,"message":""}"#);
-        assert_eq!(ok_body(Some(json!([1]))), r#"{"code":0,"message":"","data":[1]}"#);
+        assert_eq!(
+            ok_body(Some(json!([1]))),
+            r#"{"code":0,"message":"","data":[1]}"#
+        );
         let v: Value = serde_json::from_str(&ok_body(Some(json!({"a": 1})))).unwrap();
         assert_eq!(v, json!({"code": 0, "message": "", "data": {"a": 1}}));
         let v: Value = serde_json::from_str(&error_body(-400, "missing `room`")).unwrap();
