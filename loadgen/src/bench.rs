@@ -18,7 +18,7 @@ use crate::engine::uring::pin_to_cpu;
 use crate::engine::Transport;
 use crate::scenario::broadcast::{self, BroadcastArgs, SlowArgs, SlowReport, UnicastArgs};
 use crate::scenario::conns::{self, ConnsArgs, ConnsReport};
-use crate::scenario::push::PushReport;
+use crate::scenario::push::{PushReport, ViaArgs};
 use crate::scenario::storm::{self, StormArgs, StormReport};
 use crate::scenario::target::TargetArgs;
 use crate::scenario::Progress;
@@ -243,6 +243,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         secs: sz.push_secs,
         pushers: 2,
         op: 1000,
+        via: ViaArgs::http(),
+        recv_buf: 2048,
         json: None,
     };
     let bc_ws = bc(Transport::Ws);
@@ -268,6 +270,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         msg_size: 64,
         secs: sz.push_secs,
         pushers: 2,
+        via: ViaArgs::http(),
         json: None,
     };
     step(

@@ -5,6 +5,7 @@ mod bench;
 mod ceiling;
 mod engine;
 mod http;
+mod kafka;
 mod scenario;
 mod svg;
 

@@ -87,6 +87,10 @@ pub struct ClientPlan {
     pub per_source_addr: u32,
     /// Pin every worker thread to this CPU.
     pub cpu: Option<usize>,
+    /// Size of each provided receive buffer. Small buffers suit many idle
+    /// clients; large room batches (tens of KiB per frame) want large ones so
+    /// a frame arrives in one completion instead of spilling.
+    pub recv_buffer_size: usize,
     /// Workers close everything and exit at this time whatever happens.
     pub deadline: Instant,
 }
@@ -112,6 +116,7 @@ impl ClientPlan {
             churn_after: None,
             per_source_addr: PER_SOURCE_ADDR,
             cpu: None,
+            recv_buffer_size: 2048,
             deadline: Instant::now() + run_for,
         }
     }

@@ -54,11 +54,11 @@ fn split(ud: u64) -> (u64, u16, u32) {
     (ud >> 56, (ud >> 32) as u16, ud as u32)
 }
 
-/// Receive buffers shared by all connections of a worker (2 MiB): many small
-/// buffers, as pushes are small and bursts hit many connections at once;
-/// larger frames continue in the connection's spill buffer.
-const RECV_BUFFERS: u16 = 1024;
-const RECV_BUFFER_SIZE: usize = 2048;
+/// Receive buffers shared by all connections of a worker (2 MiB with the
+/// default 2 KiB buffers): many small buffers, as pushes are small and bursts
+/// hit many connections at once; larger frames continue in the connection's
+/// spill buffer. Larger buffers (plan) keep the same 2 MiB, at least 64.
+const RECV_BUFFER_BYTES: usize = 2 << 20;
 /// After the close phase starts, give outstanding closes this long.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
@@ -107,7 +107,11 @@ impl Worker {
         let plan = spec.plan.clone();
         let ring = Uring::new(4096, spec.conns.max(1))
             .context("creating the worker io_uring (is io_uring allowed?)")?;
-        let bufs = BufRing::new(&ring, 0, RECV_BUFFERS, RECV_BUFFER_SIZE)
+        let recv_buffer_size = plan.recv_buffer_size.clamp(512, 1 << 20);
+        let recv_buffers = (RECV_BUFFER_BYTES / recv_buffer_size)
+            .clamp(64, 32_768)
+            .next_power_of_two() as u16;
+        let bufs = BufRing::new(&ring, 0, recv_buffers, recv_buffer_size)
             .context("registering the receive buffer ring")?;
         let seed = (spec.index as u32 + 1).wrapping_mul(0x9e37_79b9) ^ std::process::id();
         let mask_key = seed.to_be_bytes();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::push::{self, PushPlan, PushReport, Targets};
+use super::push::{self, PushPlan, PushReport, Targets, ViaArgs};
 use super::target::TargetArgs;
 use super::Progress;
 use crate::engine::ClientPlan;
@@ -38,6 +38,12 @@ pub struct BroadcastArgs {
     /// Application op of the pushes.
     #[arg(long, default_value_t = 1000)]
     pub op: u32,
+    #[command(flatten)]
+    pub via: ViaArgs,
+    /// Receive buffer size in bytes (clients share 2 MiB of them per engine
+    /// thread); 64 KiB suits large batched frames.
+    #[arg(long, default_value_t = 2048)]
+    pub recv_buf: usize,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -54,11 +60,13 @@ impl BroadcastArgs {
         plan.room_size = self.room_size.max(1);
         plan.accepts = vec![self.op];
         plan.slow_share = slow_share;
+        plan.recv_buffer_size = self.recv_buf;
         plan
     }
 
     fn push_plan(&self) -> PushPlan {
         PushPlan {
+            via: self.via.clone(),
             http: self.target.http_addr(),
             targets: Targets::Rooms {
                 rooms: self.rooms(),
@@ -111,6 +119,8 @@ pub struct UnicastArgs {
     pub secs: f64,
     #[arg(long, default_value_t = 2)]
     pub pushers: usize,
+    #[command(flatten)]
+    pub via: ViaArgs,
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
 }
@@ -120,6 +130,7 @@ pub fn unicast(args: &UnicastArgs, progress: &Progress) -> Result<PushReport> {
         .target
         .plan(args.conns, Duration::from_secs_f64(args.secs + 300.0));
     let push = PushPlan {
+        via: args.via.clone(),
         http: args.target.http_addr(),
         targets: Targets::Mids {
             first: plan.mid_base,

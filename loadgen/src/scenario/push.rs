@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
+use bytes::Bytes;
 use serde::Serialize;
 
 use super::Progress;
@@ -16,6 +17,7 @@ use crate::engine::stats::{Percentiles, Totals};
 use crate::engine::uring::{mono_ns, pin_to_cpu};
 use crate::engine::{stamp, ClientPlan, Engine, Transport};
 use crate::http::{check_goim_reply, HttpClient};
+use crate::kafka::{OutRecord, Producer};
 
 /// Who a push goes to.
 #[derive(Clone, Debug)]
@@ -34,6 +36,14 @@ impl Targets {
         }
     }
 
+    /// The native Kafka record key of target `i`.
+    fn kafka_key(&self, i: u64) -> String {
+        match self {
+            Targets::Rooms { room_type, .. } => format!("room:{room_type}://{i}"),
+            Targets::Mids { first, .. } => format!("user:{}", first + i as i64),
+        }
+    }
+
     fn path(&self, i: u64, op: u32) -> String {
         match self {
             Targets::Rooms { room_type, .. } => {
@@ -46,8 +56,54 @@ impl Targets {
     }
 }
 
+/// How pushes reach the server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, serde::Deserialize)]
+pub enum Via {
+    /// goim's HTTP push API, one push per request (keep-alive).
+    Http,
+    /// Native records produced to the Kafka topic the server consumes.
+    Kafka,
+}
+
+/// Flags choosing the push path (shared by `broadcast` and `unicast`).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ViaArgs {
+    /// Push through the HTTP API or produce to Kafka (the server must consume
+    /// the same topic: `corecast serve --kafka-brokers .. --kafka-topic ..`).
+    #[arg(long, value_enum, default_value_t = Via::Http)]
+    pub via: Via,
+    /// Kafka bootstrap brokers (host:port, comma separated) for `--via kafka`.
+    #[arg(long, default_value = "127.0.0.1:9092")]
+    pub brokers: String,
+    /// Kafka topic for `--via kafka` (created with the broker's defaults if
+    /// the broker auto-creates topics).
+    #[arg(long, default_value = "corecast-push")]
+    pub topic: String,
+    /// Produce acks (-1 = all, 1 = leader, 0 = none).
+    #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
+    pub acks: i16,
+    /// Most records in one produce request (records due at the same moment
+    /// go together; each is stamped when it is built).
+    #[arg(long, default_value_t = 500)]
+    pub max_batch: usize,
+}
+
+impl ViaArgs {
+    /// The HTTP API (what `bench` uses).
+    pub fn http() -> Self {
+        Self {
+            via: Via::Http,
+            brokers: "127.0.0.1:9092".into(),
+            topic: "corecast-push".into(),
+            acks: -1,
+            max_batch: 500,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PushPlan {
+    pub via: ViaArgs,
     pub http: SocketAddrV4,
     pub targets: Targets,
     /// Pushes per second over all targets (spread round-robin).
@@ -137,6 +193,13 @@ fn pusher(
         return res;
     }
     let rate = plan.total_rate * mine.len() as f64 / plan.targets.count() as f64;
+    if plan.via.via == Via::Kafka {
+        kafka_pusher(
+            &plan, &mine, rate, &ok_total, &stop, &mut ok, &mut seq, &mut res,
+        );
+        res.ok_per_target = mine.into_iter().zip(ok).collect();
+        return res;
+    }
     let mut http = HttpClient::new(plan.http);
     let paths: Vec<String> = mine
         .iter()
@@ -183,6 +246,124 @@ fn pusher(
     res
 }
 
+/// The Kafka variant of a pusher thread: every record due by now (at most
+/// `max_batch`) goes out in one produce request per partition; target `i`
+/// always maps to partition `i % partitions`, so one room's records keep
+/// their order.
+#[allow(clippy::too_many_arguments)]
+fn kafka_pusher(
+    plan: &PushPlan,
+    mine: &[u64],
+    rate: f64,
+    ok_total: &AtomicU64,
+    stop: &AtomicBool,
+    ok: &mut [u64],
+    seq: &mut [u64],
+    res: &mut PusherResult,
+) {
+    let mut producer = match Producer::connect(&plan.via.brokers, &plan.via.topic, plan.via.acks) {
+        Ok(p) => p,
+        Err(e) => {
+            res.first_error = Some(format!("kafka: {e:#}"));
+            return;
+        }
+    };
+    let parts = producer.partitions();
+    let keys: Vec<Bytes> = mine
+        .iter()
+        .map(|&i| Bytes::from(plan.targets.kafka_key(i)))
+        .collect();
+    let mut by_part: Vec<Vec<(usize, OutRecord)>> = (0..parts).map(|_| Vec::new()).collect();
+    let t0 = Instant::now();
+    let mut sent = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let el = t0.elapsed();
+        if el >= plan.duration {
+            break;
+        }
+        let due = (el.as_secs_f64() * rate) as u64;
+        if sent >= due {
+            std::thread::sleep(Duration::from_micros(50));
+            continue;
+        }
+        let n = (due - sent).min(plan.via.max_batch.max(1) as u64);
+        for _ in 0..n {
+            let k = (sent % mine.len() as u64) as usize;
+            sent += 1;
+            seq[k] += 1;
+            let body = stamp::encode(seq[k], mono_ns(), plan.msg_size);
+            by_part[(mine[k] % parts as u64) as usize].push((
+                k,
+                OutRecord {
+                    key: keys[k].clone(),
+                    op: plan.op,
+                    value: Bytes::from(body),
+                },
+            ));
+        }
+        for (part, recs) in by_part.iter_mut().enumerate() {
+            if recs.is_empty() {
+                continue;
+            }
+            let out: Vec<OutRecord> = recs
+                .iter()
+                .map(|(_, r)| OutRecord {
+                    key: r.key.clone(),
+                    op: r.op,
+                    value: r.value.clone(),
+                })
+                .collect();
+            match producer.send(part as u32, &out) {
+                Ok(()) => {
+                    for (k, _) in recs.iter() {
+                        ok[*k] += 1;
+                    }
+                    ok_total.fetch_add(recs.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    // These sequence numbers were never delivered: a gap the
+                    // clients will count, and failures here.
+                    res.failed += recs.len() as u64;
+                    if res.first_error.is_none() {
+                        res.first_error = Some(format!("kafka produce: {e:#}"));
+                    }
+                }
+            }
+            recs.clear();
+        }
+    }
+}
+
+/// Before a Kafka run: the server's consumer starts at the latest offset
+/// once it has found the topic, so records produced earlier are never
+/// delivered. Produce an unstamped probe to target 0 until a client sees it.
+fn await_kafka_consumer(engine: &Engine, push: &PushPlan) -> Result<()> {
+    let mut producer = Producer::connect(&push.via.brokers, &push.via.topic, push.via.acks)?;
+    let before = engine.totals().msgs;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        let probe = OutRecord {
+            key: Bytes::from(push.targets.kafka_key(0)),
+            op: push.op,
+            value: Bytes::from_static(b"loadgen probe"),
+        };
+        producer.send(0, &[probe])?;
+        let wait = Instant::now() + Duration::from_millis(500);
+        while Instant::now() < wait {
+            if engine.totals().msgs > before {
+                std::thread::sleep(Duration::from_millis(300));
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+    bail!(
+        "no probe record reached a client within 60 s: is the server consuming topic {} from {}?",
+        push.via.topic,
+        push.via.brokers
+    )
+}
+
 /// Connect `client` (all must authenticate), push per `push`, reconcile.
 /// `readers_of(target)` says how many reading clients each target reaches.
 pub fn run(
@@ -210,6 +391,10 @@ pub fn run(
             totals.failed,
             res.errors
         );
+    }
+    if push.via.via == Via::Kafka {
+        progress.phase(&format!("{scenario}: waiting for the consumer"), 0);
+        await_kafka_consumer(&engine, &push)?;
     }
     engine.reset_latency();
     let _ = engine.drain_interval_latency();
