@@ -514,27 +514,48 @@ impl Shard {
             out.discard_queued();
         }
         let (slot, gen) = (c.slot, c.gen);
-        let cancel = opcode::AsyncCancel2::new(types::CancelBuilder::fd(types::Fixed(slot)).all())
-            .build()
-            .flags(squeue::Flags::IO_HARDLINK)
-            .user_data(encode_ud(Kind::Cancel, gen, key));
-        let close = opcode::Close::new(types::Fixed(slot))
-            .build()
-            .user_data(encode_ud(Kind::Close, gen, key));
-        self.push_sqe_pair(&cancel, &close);
+        // Cancel by user_data, not by fd: an fd match makes the kernel walk
+        // every pending request of the ring (O(connections) per close, which
+        // turned a mass disconnect into tens of seconds of CLOSE_WAIT).
+        let mut chain: [Option<squeue::Entry>; 3] = [None, None, None];
+        if c.has(F_RECV_ARMED) {
+            chain[0] = Some(
+                opcode::AsyncCancel::new(encode_ud(Kind::Recv, gen, key))
+                    .build()
+                    .flags(squeue::Flags::IO_HARDLINK)
+                    .user_data(encode_ud(Kind::Cancel, gen, key)),
+            );
+        }
+        if c.has(F_SEND_INFLIGHT) {
+            chain[1] = Some(
+                opcode::AsyncCancel::new(encode_ud(Kind::Send, gen, key))
+                    .build()
+                    .flags(squeue::Flags::IO_HARDLINK)
+                    .user_data(encode_ud(Kind::Cancel, gen, key)),
+            );
+        }
+        chain[2] = Some(
+            opcode::Close::new(types::Fixed(slot))
+                .build()
+                .user_data(encode_ud(Kind::Close, gen, key)),
+        );
+        self.push_sqe_chain(&chain);
     }
 
-    fn push_sqe_pair(&mut self, a: &squeue::Entry, b: &squeue::Entry) {
-        // A hard link only binds SQEs submitted together: make room for both.
+    /// Queues hard-linked SQEs together (a link only binds SQEs submitted
+    /// in one batch, so room is made for all of them first).
+    fn push_sqe_chain(&mut self, chain: &[Option<squeue::Entry>]) {
+        let n = chain.iter().flatten().count();
         let free = {
             let sq = self.ring.submission();
             sq.capacity() - sq.len()
         };
-        if free < 2 {
+        if free < n {
             let _ = self.ring.submit();
         }
-        self.push_sqe(a);
-        self.push_sqe(b);
+        for e in chain.iter().flatten() {
+            self.push_sqe(e);
+        }
     }
 
     /// Removes a connection from the room, key and mid indexes.
