@@ -85,7 +85,10 @@ impl Shard {
             id,
             ring,
             bufs,
-            conns: Slab::new(),
+            // Reserved, not touched: large allocations are mmapped, so
+            // capacity costs RSS only as slots are used, and the slab never
+            // reallocates (no copy, no freed old buffer left in the heap).
+            conns: Slab::with_capacity(s.max_conns as usize),
             rooms: Rooms::default(),
             keys: Keys::default(),
             mids: Mids::default(),
