@@ -82,10 +82,14 @@ pub struct ViaArgs {
     /// Produce acks (-1 = all, 1 = leader, 0 = none).
     #[arg(long, default_value_t = -1, allow_hyphen_values = true)]
     pub acks: i16,
-    /// Most records in one produce request (records due at the same moment
-    /// go together; each is stamped when it is built).
+    /// Most records in one produce request.
     #[arg(long, default_value_t = 500)]
     pub max_batch: usize,
+    /// Kafka producer linger: records due are gathered for this long (or
+    /// until `max_batch`) before a produce request. Every record is stamped
+    /// with the time it was due, so the linger is inside the measured latency.
+    #[arg(long, default_value_t = 1000)]
+    pub linger_us: u64,
 }
 
 impl ViaArgs {
@@ -97,6 +101,7 @@ impl ViaArgs {
             topic: "corecast-push".into(),
             acks: -1,
             max_batch: 500,
+            linger_us: 1000,
         }
     }
 }
@@ -274,24 +279,31 @@ fn kafka_pusher(
         .map(|&i| Bytes::from(plan.targets.kafka_key(i)))
         .collect();
     let mut by_part: Vec<Vec<(usize, OutRecord)>> = (0..parts).map(|_| Vec::new()).collect();
-    let t0 = Instant::now();
+    let linger = Duration::from_micros(plan.via.linger_us);
+    let max_batch = plan.via.max_batch.max(1) as u64;
+    let (t0, t0_ns) = (Instant::now(), mono_ns());
+    let mut last_send = t0;
     let mut sent = 0u64;
     while !stop.load(Ordering::Relaxed) {
-        let el = t0.elapsed();
+        let now = Instant::now();
+        let el = now.duration_since(t0);
         if el >= plan.duration {
             break;
         }
         let due = (el.as_secs_f64() * rate) as u64;
-        if sent >= due {
+        if sent >= due || (due - sent < max_batch && now.duration_since(last_send) < linger) {
             std::thread::sleep(Duration::from_micros(50));
             continue;
         }
-        let n = (due - sent).min(plan.via.max_batch.max(1) as u64);
+        last_send = now;
+        let n = (due - sent).min(max_batch);
         for _ in 0..n {
             let k = (sent % mine.len() as u64) as usize;
+            // Due time of this record: lingering and falling behind both count.
+            let due_ns = t0_ns + (sent as f64 * 1e9 / rate) as u64;
             sent += 1;
             seq[k] += 1;
-            let body = stamp::encode(seq[k], mono_ns(), plan.msg_size);
+            let body = stamp::encode(seq[k], due_ns, plan.msg_size);
             by_part[(mine[k] % parts as u64) as usize].push((
                 k,
                 OutRecord {
