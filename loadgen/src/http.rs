@@ -91,15 +91,72 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// Pipelined POSTs: every request written at once, then the responses
+    /// read in order (HTTP/1.1 pipelining). One wake-up of the server then
+    /// serves many pushes. No retry: on an error the connection is dropped
+    /// and the error returned with how many responses were read before it.
+    pub fn post_pipelined(
+        &mut self,
+        reqs: &[(&str, &[u8])],
+        out: &mut Vec<Response>,
+    ) -> std::result::Result<(), (usize, anyhow::Error)> {
+        out.clear();
+        let host = self.addr;
+        let mut wire = Vec::with_capacity(reqs.len() * 200);
+        for (path, body) in reqs {
+            let _ = write!(
+                wire,
+                "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/octet-stream\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            wire.extend_from_slice(body);
+        }
+        let s = self.connect().map_err(|e| (0, e))?;
+        if let Err(e) = s.write_all(&wire) {
+            self.stream = None;
+            return Err((0, e.into()));
+        }
+        self.buf.clear();
+        while out.len() < reqs.len() {
+            let stream = self.stream.as_mut().expect("connected");
+            match read_one(stream, &mut self.buf) {
+                Ok((resp, keep_alive)) => {
+                    out.push(resp);
+                    if !keep_alive && out.len() < reqs.len() {
+                        self.stream = None;
+                        return Err((out.len(), anyhow!("server closed a pipelined connection")));
+                    }
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Err((out.len(), e));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Response, bool)> {
     buf.clear();
+    read_one(s, buf)
+}
+
+/// Reads one response; `buf` holds bytes already read (a pipelined
+/// response's successors stay in it for the next call).
+fn read_one(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Response, bool)> {
     let mut chunk = [0u8; 4096];
+    let mut fresh = buf.is_empty();
     loop {
-        let n = s.read(&mut chunk)?;
-        if n == 0 {
-            bail!("HTTP connection closed before a response");
+        if fresh {
+            let n = s.read(&mut chunk)?;
+            if n == 0 {
+                bail!("HTTP connection closed before a response");
+            }
+            buf.extend_from_slice(&chunk[..n]);
         }
-        buf.extend_from_slice(&chunk[..n]);
+        fresh = true;
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         let head_len = match resp.parse(buf)? {
@@ -131,6 +188,7 @@ fn read_response(s: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(Response, bool
             buf.extend_from_slice(&chunk[..n]);
         }
         let body = buf[head_len..head_len + len].to_vec();
+        buf.drain(..head_len + len);
         return Ok((Response { status, body }, keep_alive));
     }
 }
