@@ -86,11 +86,42 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     let engine = Engine::start(plan)?;
     progress.phase("conns: connecting", args.conns);
     let t0 = engine.started();
-    let totals = engine.wait_for(
-        Duration::from_secs_f64(args.timeout_secs),
-        |x| x.authed + x.failed >= args.conns,
-        |x| progress.set(x.authed),
-    )?;
+    // Bounded: at the timeout the figures are those of the connections
+    // reached so far (`timed_out`), with a progress line every 10 s so a run
+    // cut short still leaves its count behind.
+    let timeout = Duration::from_secs_f64(args.timeout_secs);
+    let mut next_line = t0 + Duration::from_secs(10);
+    let (totals, timed_out) = loop {
+        let x = engine.totals();
+        progress.set(x.authed);
+        if x.authed + x.failed >= args.conns {
+            break (x, false);
+        }
+        if t0.elapsed() >= timeout {
+            break (x, true);
+        }
+        if !engine.workers_alive() {
+            bail!("an engine worker exited early; totals: {x:?}");
+        }
+        if Instant::now() >= next_line {
+            next_line += Duration::from_secs(10);
+            let rss = pid.and_then(|p| rss_bytes(p).ok()).unwrap_or(0);
+            eprintln!(
+                "conns: {:.0} s: {} authenticated, {} failed, server RSS {} MiB",
+                t0.elapsed().as_secs_f64(),
+                x.authed,
+                x.failed,
+                rss >> 20
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    if timed_out {
+        tracing::warn!(
+            authed = totals.authed,
+            "timed out before every connection authenticated; reporting what was reached"
+        );
+    }
     let connect_seconds = t0.elapsed().as_secs_f64();
     let server_rss_after = pid.and_then(|p| rss_bytes(p).ok()).unwrap_or(0);
     let loadgen_rss_after = self_rss_bytes();
@@ -142,6 +173,7 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
         },
         loadgen_cpu_us_per_conn: loadgen_cpu * 1e6 / authed.max(1) as f64,
         held_secs,
+        timed_out,
         closed_by_server: res.totals.closed_by_server
             - closed_before.min(res.totals.closed_by_server),
         heartbeat_replies: res.totals.heartbeat_replies,
@@ -153,8 +185,15 @@ impl ConnsReport {
     pub fn print(&self) {
         println!("conns ({:?})", self.transport.unwrap_or(Transport::Ws));
         println!(
-            "  authenticated          {:>12} of {} ({} failed)",
-            self.authed, self.requested, self.failed
+            "  authenticated          {:>12} of {} ({} failed){}",
+            self.authed,
+            self.requested,
+            self.failed,
+            if self.timed_out {
+                " — timed out, figures are for those reached"
+            } else {
+                ""
+            }
         );
         println!(
             "  connect+handshake+auth {:>12.0} conns/s   over {:.2} s",
