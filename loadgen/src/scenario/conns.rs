@@ -61,6 +61,9 @@ pub struct ConnsReport {
     /// Loadgen CPU time spent while connecting, per authenticated connection (µs).
     pub loadgen_cpu_us_per_conn: f64,
     pub held_secs: f64,
+    /// The timeout ended the connect phase before every client authenticated.
+    #[serde(default)]
+    pub timed_out: bool,
     /// Authenticated connections the server closed while they were held.
     pub closed_by_server: u64,
     pub heartbeat_replies: u64,
