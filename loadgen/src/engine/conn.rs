@@ -130,6 +130,28 @@ pub fn parse_stream(
                 }
             },
             None => match parse_packet(&buf[pos..], MAX_SERVER_PACKET) {
+                Ok(Some((p, n))) if p.op >= op::APP_MIN && conn.state == State::Ready => {
+                    // TCP has no containers: a batch is its packets back to
+                    // back. Count a run of whole application packets like a
+                    // container.
+                    let (first, mut last, mut len, mut app) = (p.body, p.body, n, 1usize);
+                    while let Ok(Some((q, m))) = parse_packet(&buf[pos + len..], MAX_SERVER_PACKET)
+                    {
+                        if q.op < op::APP_MIN {
+                            break;
+                        }
+                        last = q.body;
+                        len += m;
+                        app += 1;
+                    }
+                    if app <= CONTAINER_FULL_PARSE {
+                        on_packet(ctx.totals, ctx.latency, ctx.now_ns, conn, &p, out);
+                        Some(n)
+                    } else {
+                        count_run(ctx.totals, ctx.latency, ctx.now_ns, conn, app, first, last);
+                        Some(len)
+                    }
+                }
                 Ok(Some((p, n))) => {
                     on_packet(ctx.totals, ctx.latency, ctx.now_ns, conn, &p, out);
                     Some(n)
@@ -232,8 +254,30 @@ fn on_container(
         }
         return;
     }
+    count_run(
+        totals,
+        latency,
+        now_ns,
+        conn,
+        app,
+        first.unwrap_or_default(),
+        last.unwrap_or_default(),
+    );
+}
+
+/// `app` application messages of one room in order, of which only the first
+/// and last bodies are looked at (see `on_container`).
+fn count_run(
+    totals: &mut Totals,
+    latency: &mut Histogram<u64>,
+    now_ns: u64,
+    conn: &mut Conn,
+    app: usize,
+    first: &[u8],
+    last: &[u8],
+) {
     totals.msgs += app as u64;
-    let (Some(a), Some(b)) = (first.and_then(stamp::parse), last.and_then(stamp::parse)) else {
+    let (Some(a), Some(b)) = (stamp::parse(first), stamp::parse(last)) else {
         return;
     };
     totals.stamped += app as u64;
@@ -334,6 +378,26 @@ mod tests {
         assert_eq!((t.msgs, t.stamped, t.lost, t.out_of_order), (19, 19, 1, 0));
         assert_eq!(h.len(), 19, "one latency value per message");
         assert_eq!(conn.last_seq, 20);
+    }
+
+    #[test]
+    fn tcp_runs_of_packets_count_like_containers() {
+        let (mut t, mut h) = (Totals::default(), new_histogram());
+        let mut conn = Conn::new();
+        conn.state = State::Ready;
+        let mut buf = Vec::new();
+        for s in (1u64..=6).chain(8..=12) {
+            encode_packet(1000, 0, &stamp::encode(s, 1_000_000, 64), &mut buf);
+        }
+        let whole = buf.len();
+        encode_packet(1000, 0, &stamp::encode(13, 1_000_000, 64), &mut buf);
+        buf.truncate(whole + 20);
+        let mut out = Outcome::default();
+        let n = parse_stream(&mut ctx(&mut t, &mut h), &mut conn, &mut buf, &mut out);
+        assert_eq!(n, whole, "the partial packet stays unconsumed");
+        assert_eq!((t.msgs, t.stamped, t.lost, t.out_of_order), (11, 11, 1, 0));
+        assert_eq!(h.len(), 11);
+        assert_eq!(conn.last_seq, 12);
     }
 
     #[test]
