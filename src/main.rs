@@ -157,6 +157,8 @@ fn serve(o: Overrides) -> anyhow::Result<()> {
         http_listen: cfg.listen.http,
         cpu: cpus.last().copied(),
         max_body: cfg.limits.max_body,
+        // With Kafka, HTTP pushes are produced there (answered after the ack).
+        kafka_produce: cfg.kafka.enabled().then(|| cfg.kafka.clone()),
         ..Default::default()
     };
     // Kafka ingest runs on the control executor and pushes through its dispatcher.

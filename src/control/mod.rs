@@ -7,7 +7,9 @@
 //! - a poll task that drains the shards' report rings, merges the node-wide
 //!   room counts and sends them back to the shards (`state`);
 //! - whatever ingest tasks are handed in (Kafka), which push through the same
-//!   [`Dispatcher`] as the HTTP API: encode once, clone into every ring.
+//!   [`Dispatcher`] as the HTTP API: encode once, clone into every ring;
+//! - with Kafka configured, the HTTP pushes are produced to Kafka instead
+//!   (`produce`) and reach the shards through this node's consumer.
 //!
 //! Shards and control meet only through `crate::fanout`.
 
@@ -15,6 +17,7 @@ pub mod api;
 pub mod http_io;
 pub mod metrics;
 pub mod params;
+pub mod produce;
 mod server;
 pub mod state;
 #[cfg(test)]
@@ -61,6 +64,9 @@ pub struct ControlConfig {
     pub room_merge_interval: Duration,
     /// How long shutdown waits for the shards' final reports.
     pub shutdown_grace: Duration,
+    /// Kafka to produce HTTP pushes to (native records, answered after the
+    /// ack); `None` = embedded: pushes go straight to the shards.
+    pub kafka_produce: Option<crate::ingest::KafkaConfig>,
 }
 
 impl Default for ControlConfig {
@@ -78,6 +84,7 @@ impl Default for ControlConfig {
             poll_interval: Duration::from_millis(20),
             room_merge_interval: Duration::from_millis(100),
             shutdown_grace: Duration::from_secs(5),
+            kafka_produce: None,
         }
     }
 }

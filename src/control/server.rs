@@ -15,6 +15,7 @@ use super::api::{self, ApiCall, Route, RouteError};
 use super::http_io::HyperIo;
 use super::metrics;
 use super::params::Query;
+use super::produce::KafkaPush;
 use super::state::ControlState;
 use crate::fanout::{Push, PushTarget};
 
@@ -201,7 +202,11 @@ async fn handle_route(state: &Rc<ControlState>, route: Route, req: Request<Incom
                 Ok(b) => b,
                 Err(r) => return r,
             };
-            push(state, target, op, speed, &body).await
+            if let Some(kafka) = &state.produce {
+                push_via_kafka(state, kafka, target, op, body).await
+            } else {
+                push(state, target, op, speed, &body).await
+            }
         }
         ApiCall::OnlineTop { room_type, limit } => {
             let data = state.with_rooms(|rooms| api::online_top(rooms, &room_type, limit));
@@ -222,6 +227,13 @@ async fn handle_route(state: &Rc<ControlState>, route: Route, req: Request<Incom
                 let views = metrics::shard_views(shards, &rings, Instant::now());
                 metrics::render(&views, &state.counters.borrow(), uptime)
             });
+            let mut text = text;
+            if let Some((topic, stats)) = &*state.ingest.borrow() {
+                stats.render_prometheus(topic, &mut text);
+            }
+            if let Some(p) = &state.produce {
+                p.render_prometheus(&mut text);
+            }
             reply(StatusCode::OK, PROM_TEXT, text)
         }
         ApiCall::Health => health(state),
@@ -248,6 +260,30 @@ async fn push(
     match state.dispatch(push).await {
         Ok(()) => reply(StatusCode::OK, JSON, api::ok_body(None)),
         Err(e) => error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+}
+
+/// Kafka configured: produce native records and answer after the ack.
+/// Delivery to this node's clients comes through its own consumer, as on
+/// every other node. `speed` does not apply (native records carry none;
+/// docs/api.md).
+async fn push_via_kafka(
+    state: &ControlState,
+    kafka: &KafkaPush,
+    target: PushTarget,
+    op: u32,
+    body: Bytes,
+) -> Reply {
+    if state.stopping.get() {
+        return error_reply(StatusCode::SERVICE_UNAVAILABLE, "server is shutting down");
+    }
+    let kind = super::state::kind_index(&target);
+    match kafka.push(&target, kind, op, body).await {
+        Ok(_acks) => reply(StatusCode::OK, JSON, api::ok_body(None)),
+        Err(e) => {
+            tracing::warn!(error = %e, "HTTP push not produced to Kafka");
+            error_reply(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+        }
     }
 }
 

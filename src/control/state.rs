@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use crate::fanout::{Push, PushTarget, RoomCounts, SendError, ShardLink, ShardMsg, ShardReport};
 
 use super::api::RoomTotals;
+use super::produce::KafkaPush;
 use super::ControlConfig;
+use crate::ingest::IngestStats;
 
 /// Counters kept by the control core itself (shards report their own).
 #[derive(Debug, Default)]
@@ -48,7 +50,7 @@ pub struct ControlCounters {
 /// Target kinds in the order of [`ControlCounters::pushes`].
 pub const PUSH_KINDS: [&str; 4] = ["room", "keys", "mids", "all"];
 
-fn kind_index(t: &PushTarget) -> usize {
+pub(crate) fn kind_index(t: &PushTarget) -> usize {
     match t {
         PushTarget::Room(_) => 0,
         PushTarget::Keys(_) => 1,
@@ -81,6 +83,10 @@ pub struct ControlState {
     /// Set once shutdown was requested: pushes are refused from then on.
     pub stopping: Cell<bool>,
     pub started: Instant,
+    /// Set when Kafka is configured: HTTP pushes are produced there.
+    pub produce: Option<KafkaPush>,
+    /// The Kafka consumer's counters and its topic, once it started.
+    pub ingest: RefCell<Option<(String, Rc<IngestStats>)>>,
 }
 
 impl ControlState {
@@ -93,6 +99,7 @@ impl ControlState {
             reports_received: vec![0; n],
             ..Default::default()
         };
+        let produce = cfg.kafka_produce.clone().map(KafkaPush::new);
         Rc::new(Self {
             cfg,
             links: RefCell::new(links),
@@ -108,6 +115,8 @@ impl ControlState {
             counters: RefCell::new(counters),
             stopping: Cell::new(false),
             started: Instant::now(),
+            produce,
+            ingest: RefCell::new(None),
         })
     }
 
@@ -346,5 +355,10 @@ impl Dispatcher {
     /// Number of shards fed.
     pub fn shard_count(&self) -> usize {
         self.state.shard_count()
+    }
+
+    /// Shows the Kafka consumer's counters and offsets in `/metrics`.
+    pub fn attach_ingest_stats(&self, topic: String, stats: Rc<IngestStats>) {
+        *self.state.ingest.borrow_mut() = Some((topic, stats));
     }
 }

@@ -222,9 +222,10 @@ impl IngestStats {
 
 /// The consumer as a task for the control executor
 /// ([`crate::control::spawn`]'s `tasks`): pushes go through its
-/// [`Dispatcher`](crate::control::Dispatcher). `on_stats` receives the
-/// consumer's counters on that executor (they are `!Send`), e.g. for
-/// `/metrics`; setting `stop` ends the consumer.
+/// [`Dispatcher`](crate::control::Dispatcher), whose `/metrics` shows the
+/// consumer's counters and per-partition offsets. `on_stats` also receives
+/// them on that executor (they are `!Send`); setting `stop` ends the
+/// consumer.
 pub fn control_task(
     cfg: KafkaConfig,
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
@@ -232,6 +233,7 @@ pub fn control_task(
 ) -> crate::control::ControlTask {
     Box::new(move |dispatcher: crate::control::Dispatcher| {
         let stats = std::rc::Rc::new(IngestStats::default());
+        dispatcher.attach_ingest_stats(cfg.topic.clone(), stats.clone());
         on_stats(stats.clone());
         glommio::spawn_local(run_consumer(cfg, dispatcher, stats, stop)).detach();
     })

@@ -66,6 +66,57 @@ impl Producer {
         self.send(key.as_bytes(), std::slice::from_ref(&rec)).await
     }
 
+    /// Produces one native record per key (same `op` and body), one batch
+    /// per partition, and waits for every acknowledgement. Acks come back
+    /// in partition order, one per record.
+    pub async fn send_native_many(
+        &mut self,
+        keys: &[String],
+        op: u32,
+        body: Bytes,
+    ) -> Result<Vec<Acked>, IngestError> {
+        if let [key] = keys {
+            return Ok(vec![self.send_native(key, op, body).await?]);
+        }
+        // Metadata unavailable right now: one record at a time, each with
+        // `send`'s retries (which refresh it).
+        let n = self.partition_count().await.unwrap_or(0);
+        if n == 0 {
+            let mut acks = Vec::with_capacity(keys.len());
+            for key in keys {
+                acks.push(self.send_native(key, op, body.clone()).await?);
+            }
+            return Ok(acks);
+        }
+        let mut groups: BTreeMap<u32, (&str, Vec<OutRecord>)> = BTreeMap::new();
+        for key in keys {
+            groups
+                .entry(partition_for(key.as_bytes(), n))
+                .or_insert_with(|| (key.as_str(), Vec::new()))
+                .1
+                .push(OutRecord::native(key, op, body.clone()));
+        }
+        let mut acks = Vec::with_capacity(keys.len());
+        for (first_key, records) in groups.values() {
+            let a = self.send(first_key.as_bytes(), records).await?;
+            // A batch's records get consecutive offsets from its base offset
+            // (-1 throughout with acks = 0).
+            acks.extend((0..records.len() as i64).map(|i| Acked {
+                partition: a.partition,
+                offset: if a.offset < 0 { a.offset } else { a.offset + i },
+            }));
+        }
+        Ok(acks)
+    }
+
+    /// Partitions of the topic (reads metadata when not known yet).
+    async fn partition_count(&mut self) -> Result<u32, IngestError> {
+        if self.leaders.is_empty() {
+            self.refresh().await?;
+        }
+        Ok(self.leaders.len() as u32)
+    }
+
     /// Produces `records` as one batch to the partition of `key`.
     pub async fn send(&mut self, key: &[u8], records: &[OutRecord]) -> Result<Acked, IngestError> {
         let mut backoff = Backoff::new(
