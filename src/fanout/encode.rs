@@ -1,10 +1,15 @@
 //! Encoding of pushes, done once on the producing core.
+//!
+//! Thin adapters over the protocol crate's codecs (`corecast_protocol`), so the
+//! wire format lives in one place; these only fix the shapes the shards and
+//! the control core use (`BytesMut` scratch buffers, frozen `Bytes`).
 
 use bytes::{BufMut, Bytes, BytesMut};
+use corecast_protocol::packet::{self, RawContainer};
+use corecast_protocol::ws::frame::{Opcode, ServerFrameHeader};
 
 /// Length of a goim packet header.
-pub const PACKET_HEADER_LEN: usize = 16;
-const PROTOCOL_VERSION: u16 = 1;
+pub const PACKET_HEADER_LEN: usize = packet::HEADER_LEN;
 
 /// Encodes one goim packet: `packet_len u32, header_len u16, version u16,
 /// op u32, seq u32`, big endian, then `body`.
@@ -17,45 +22,33 @@ pub fn encode_packet(op: u32, seq: u32, body: &[u8]) -> Bytes {
 /// Appends one goim packet to `out`.
 pub fn put_packet(out: &mut BytesMut, op: u32, seq: u32, body: &[u8]) {
     out.reserve(PACKET_HEADER_LEN + body.len());
-    out.put_u32((PACKET_HEADER_LEN + body.len()) as u32);
-    out.put_u16(PACKET_HEADER_LEN as u16);
-    out.put_u16(PROTOCOL_VERSION);
-    out.put_u32(op);
-    out.put_u32(seq);
-    out.put_slice(body);
+    packet::encode_packet(op, seq, body, out);
 }
 
 /// Appends a server (unmasked) WebSocket binary frame header, FIN set, for a
 /// payload of `len` bytes.
 pub fn encode_ws_binary_header(out: &mut BytesMut, len: usize) {
-    out.put_u8(0x82);
-    if len < 126 {
-        out.put_u8(len as u8);
-    } else if len <= u16::MAX as usize {
-        out.put_u8(126);
-        out.put_u16(len as u16);
-    } else {
-        out.put_u8(127);
-        out.put_u64(len as u64);
-    }
+    out.put_slice(ServerFrameHeader::new(Opcode::Binary, true, len).as_bytes());
 }
 
 /// One WS binary frame holding one op-9 container whose body is `packets`
 /// back to back.
 pub fn ws_container_frame(packets: &[Bytes]) -> Bytes {
     let inner: usize = packets.iter().map(|p| p.len()).sum();
-    let payload = PACKET_HEADER_LEN + inner;
-    let mut b = BytesMut::with_capacity(payload + 10);
-    encode_ws_binary_header(&mut b, payload);
-    b.put_u32(payload as u32);
-    b.put_u16(PACKET_HEADER_LEN as u16);
-    b.put_u16(PROTOCOL_VERSION);
-    b.put_u32(super::OP_RAW);
-    b.put_u32(0);
+    let mut c = RawContainer::with_capacity(inner);
     for p in packets {
-        b.put_slice(p);
+        c.push_encoded(p);
     }
-    b.freeze()
+    c.finish(0).ws_frame()
+}
+
+/// One push encoded once: the bare goim packet (for TCP members) and the WS
+/// frame holding it in an op-9 container (for WS members), sharing one buffer.
+pub fn single_push(op: u32, body: &[u8]) -> (Bytes, Bytes) {
+    let mut c = RawContainer::with_capacity(PACKET_HEADER_LEN + body.len());
+    c.push(op, 0, body);
+    let batch = c.finish(0);
+    (batch.inner(), batch.ws_frame())
 }
 
 #[cfg(test)]
@@ -79,5 +72,12 @@ mod tests {
         let mut big = BytesMut::new();
         encode_ws_binary_header(&mut big, 70000);
         assert_eq!(&big[..], &[0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+    }
+
+    #[test]
+    fn single_push_matches_separate_encodings() {
+        let (packet, ws) = single_push(1000, b"abc");
+        assert_eq!(packet, encode_packet(1000, 0, b"abc"));
+        assert_eq!(ws, ws_container_frame(std::slice::from_ref(&packet)));
     }
 }

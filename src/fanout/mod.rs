@@ -90,8 +90,7 @@ impl Push {
     /// Encodes `body` as a goim packet with `op` (seq 0) and its WebSocket
     /// frame, once. Shards only clone the results.
     pub fn new(target: PushTarget, op: u32, body: &[u8]) -> Push {
-        let packet = encode_packet(op, 0, body);
-        let ws_frame = encode::ws_container_frame(std::slice::from_ref(&packet));
+        let (packet, ws_frame) = encode::single_push(op, body);
         Push {
             target,
             op,
