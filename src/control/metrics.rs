@@ -224,6 +224,7 @@ pub fn render(shards: &[ShardView<'_>], control: &ControlCounters, uptime_secs: 
                 ("timers", x.timers),
                 ("send_queues", x.send_queues),
                 ("spill_buffers", x.spill_buffers),
+                ("filters", x.filters),
             ] {
                 let _ = writeln!(
                     out,

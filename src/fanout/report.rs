@@ -136,6 +136,8 @@ pub struct IndexSizes {
     pub send_queues: usize,
     /// Connections holding a spill buffer (heap) right now.
     pub spill_buffers: usize,
+    /// Distinct op filters in use (shared by the connections that have one).
+    pub filters: usize,
 }
 
 /// Histogram of loop-turn durations: bucket `i` counts turns that took

@@ -5,6 +5,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use ahash::AHashMap;
 use bytes::{Buf, Bytes};
 use corecast_protocol::ws::frame::FrameDecoder;
 
@@ -50,6 +51,10 @@ pub struct Conn {
     pub mid_prev: u32,
     pub mid_next: u32,
     pub mid: i64,
+    /// Ops the client receives: an id in the shard's [`Filters`]
+    /// ([`NO_FILTER`] = all). Interned so that the usual case (every client
+    /// sending the same `accepts`) costs no allocation per connection.
+    pub filter: u32,
     pub proto: Proto,
     pub state: State,
     pub flags: u8,
@@ -69,6 +74,7 @@ impl Conn {
             mid_prev: NIL,
             mid_next: NIL,
             mid: 0,
+            filter: NO_FILTER,
             proto,
             state: if proto == Proto::Ws {
                 State::Upgrade
@@ -101,15 +107,12 @@ impl Conn {
         self.ext.as_ref().and_then(|e| e.key.as_deref())
     }
 
-    pub fn accepts(&self, op: u32) -> bool {
-        match self.ext.as_ref().and_then(|e| e.filter.as_ref()) {
-            None => true,
-            Some(f) => f.accepts(op),
-        }
+    pub fn accepts(&self, filters: &Filters, op: u32) -> bool {
+        filters.get(self.filter).is_none_or(|f| f.accepts(op))
     }
 
     pub fn has_filter(&self) -> bool {
-        self.ext.as_ref().is_some_and(|e| e.filter.is_some())
+        self.filter != NO_FILTER
     }
 
     pub fn queued_bytes(&self) -> usize {
@@ -126,8 +129,6 @@ pub struct ConnExt {
     pub frag: Option<Box<Fragmented>>,
     /// Key chosen by the client (server-assigned keys are not stored).
     pub key: Option<Box<str>>,
-    /// Ops the client receives (auth `accepts`, ops 14–17); none = all.
-    pub filter: Option<OpFilter>,
     /// Rooms the token allows; none = any.
     pub rooms_allowed: Option<Arc<[Box<str>]>>,
 }
@@ -137,7 +138,6 @@ impl ConnExt {
         self.spill.is_empty()
             && self.frag.is_none()
             && self.key.is_none()
-            && self.filter.is_none()
             && self.rooms_allowed.is_none()
     }
 }
@@ -149,7 +149,7 @@ pub struct Fragmented {
 }
 
 /// Which ops a connection receives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum OpFilter {
     /// Only these ops (sorted).
     Only(Vec<u32>),
@@ -206,6 +206,73 @@ impl OpFilter {
                 Some(OpFilter::Except(v))
             }
         }
+    }
+}
+
+/// `Conn::filter` of a connection that receives every op.
+pub const NO_FILTER: u32 = 0;
+
+/// The shard's distinct op filters, shared by reference count: clients
+/// of one application send the same `accepts`, so 100,000 connections
+/// hold one filter, not 100,000 boxed vectors.
+#[derive(Default)]
+pub struct Filters {
+    by_value: AHashMap<OpFilter, u32>,
+    /// Entry `id - 1`: the filter and its users (0 = free slot).
+    entries: Vec<(Option<OpFilter>, u32)>,
+    free: Vec<u32>,
+}
+
+#[allow(clippy::len_without_is_empty)]
+impl Filters {
+    /// The id of `f` (none = [`NO_FILTER`]), counting one more user.
+    pub fn intern(&mut self, f: Option<OpFilter>) -> u32 {
+        let Some(f) = f else {
+            return NO_FILTER;
+        };
+        if let Some(&id) = self.by_value.get(&f) {
+            self.entries[id as usize - 1].1 += 1;
+            return id;
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.entries[id as usize - 1] = (Some(f.clone()), 1);
+                id
+            }
+            None => {
+                self.entries.push((Some(f.clone()), 1));
+                self.entries.len() as u32
+            }
+        };
+        self.by_value.insert(f, id);
+        id
+    }
+
+    /// Drops one user of `id`; the filter goes when it has none.
+    pub fn release(&mut self, id: u32) {
+        if id == NO_FILTER {
+            return;
+        }
+        let e = &mut self.entries[id as usize - 1];
+        e.1 -= 1;
+        if e.1 == 0 {
+            if let Some(f) = e.0.take() {
+                self.by_value.remove(&f);
+            }
+            self.free.push(id);
+        }
+    }
+
+    pub fn get(&self, id: u32) -> Option<&OpFilter> {
+        if id == NO_FILTER {
+            return None;
+        }
+        self.entries[id as usize - 1].0.as_ref()
+    }
+
+    /// Distinct filters in use.
+    pub fn len(&self) -> usize {
+        self.by_value.len()
     }
 }
 
@@ -324,6 +391,26 @@ mod tests {
             q.queue.iter().map(|b| &b[..]).collect::<Vec<_>>(),
             vec![b"ef"]
         );
+    }
+
+    #[test]
+    fn filters_are_shared_and_released() {
+        let mut t = Filters::default();
+        assert_eq!(t.intern(None), NO_FILTER);
+        let a = t.intern(Some(OpFilter::Only(vec![1000])));
+        let b = t.intern(Some(OpFilter::Only(vec![1000])));
+        let c = t.intern(Some(OpFilter::Except(vec![1000])));
+        assert_eq!(a, b);
+        assert_ne!(a, c);
+        assert_eq!(t.len(), 2);
+        t.release(a);
+        assert!(t.get(b).unwrap().accepts(1000));
+        t.release(b);
+        t.release(c);
+        t.release(NO_FILTER);
+        assert_eq!(t.len(), 0);
+        let d = t.intern(Some(OpFilter::Only(vec![7])));
+        assert!(d == a || d == c, "a freed id is reused");
     }
 
     #[test]

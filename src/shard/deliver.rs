@@ -78,7 +78,7 @@ impl Shard {
         }
         for &key in &keys {
             let c = &self.conns[key as usize];
-            if c.state != State::Open || !c.accepts(p.op) {
+            if c.state != State::Open || !c.accepts(&self.filters, p.op) {
                 continue;
             }
             let b = if c.proto == Proto::Ws {
@@ -150,7 +150,7 @@ impl Shard {
                     continue;
                 }
                 let is_ws = c.proto == Proto::Ws;
-                if !c.has_filter() || msgs.iter().all(|m| c.accepts(m.op)) {
+                if !c.has_filter() || msgs.iter().all(|m| c.accepts(&self.filters, m.op)) {
                     let b = if is_ws { ws.clone() } else { tcp.clone() };
                     self.enqueue(key, b, n);
                     continue;
@@ -158,7 +158,7 @@ impl Shard {
                 // Rare: a filter that takes only part of the batch.
                 let wanted: Vec<Bytes> = msgs
                     .iter()
-                    .filter(|m| c.accepts(m.op))
+                    .filter(|m| c.accepts(&self.filters, m.op))
                     .map(|m| m.packet.clone())
                     .collect();
                 if wanted.is_empty() {

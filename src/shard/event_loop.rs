@@ -8,7 +8,9 @@ use bytes::{Bytes, BytesMut};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::conn::{Conn, Proto, State, F_CLOSE_DONE, F_DIRTY, F_RECV_ARMED, F_SEND_INFLIGHT};
+use super::conn::{
+    Conn, Filters, Proto, State, F_CLOSE_DONE, F_DIRTY, F_RECV_ARMED, F_SEND_INFLIGHT,
+};
 use super::deliver::RoomBatch;
 use super::index::{Keys, Mids, Rooms, NIL};
 use super::uring::{build_ring, decode_ud, encode_ud, gen_bits, BufRing, Kind};
@@ -30,6 +32,7 @@ pub struct Shard {
     pub(super) rooms: Rooms,
     pub(super) keys: Keys,
     pub(super) mids: Mids,
+    pub(super) filters: Filters,
     pub(super) wheel: Wheel,
     pub(super) inbox: ShardInbox,
     pub(super) s: Arc<Settings>,
@@ -92,6 +95,7 @@ impl Shard {
             rooms: Rooms::default(),
             keys: Keys::default(),
             mids: Mids::default(),
+            filters: Filters::default(),
             wheel: Wheel::default(),
             inbox,
             listeners: vec![(l.ws, Proto::Ws), (l.tcp, Proto::Tcp)],
@@ -393,7 +397,8 @@ impl Shard {
     fn maybe_remove(&mut self, key: u32) {
         if let Some(c) = self.conns.get(key as usize) {
             if c.state == State::Closed && c.has(F_CLOSE_DONE) && !c.has(F_SEND_INFLIGHT) {
-                self.conns.remove(key as usize);
+                let c = self.conns.remove(key as usize);
+                self.filters.release(c.filter);
             }
         }
     }
@@ -691,6 +696,7 @@ impl Shard {
                 .iter()
                 .filter(|(_, c)| c.ext.as_ref().is_some_and(|e| !e.spill.is_empty()))
                 .count(),
+            filters: self.filters.len(),
         };
         r.counters = self.counters.clone();
         r.loop_turns = self.loop_turns.clone();

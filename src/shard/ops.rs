@@ -46,14 +46,15 @@ impl Shard {
                     op::CHANGE_ROOM => self.on_change_room(key, p.seq, p.body),
                     op::SUB | op::UNSUB => {
                         let ops = parse_ops(p.body);
-                        let e = self.conns[key as usize].ext_mut();
-                        let f = e.filter.take();
-                        e.filter = if p.op == op::SUB {
+                        let old = self.conns[key as usize].filter;
+                        let f = self.filters.get(old).cloned();
+                        let f = if p.op == op::SUB {
                             OpFilter::subscribe(f, &ops)
                         } else {
                             OpFilter::unsubscribe(f, &ops)
                         };
-                        self.conns[key as usize].trim_ext();
+                        self.conns[key as usize].filter = self.filters.intern(f);
+                        self.filters.release(old);
                         let reply = if p.op == op::SUB {
                             op::SUB_REPLY
                         } else {
@@ -124,7 +125,7 @@ impl Shard {
             let mut v = req.accepts.clone();
             v.sort_unstable();
             v.dedup();
-            c.ext_mut().filter = Some(OpFilter::Only(v));
+            c.filter = self.filters.intern(Some(OpFilter::Only(v)));
         }
         if id.rooms.is_some() {
             c.ext_mut().rooms_allowed = id.rooms.clone();
