@@ -309,6 +309,7 @@ fn indexes_are_empty_after_closing_connections_every_way() {
         "room_members",
         "keys",
         "mids",
+        "filters",
         "send_queues",
         "spill_buffers",
     ] {
