@@ -40,6 +40,18 @@ pub mod op {
     pub const UNSUB_REPLY: u32 = 17;
 }
 
+/// Fails unless `p` is the auth success reply: op 8 with an empty body.
+fn expect_auth_ok(p: &Packet) -> Result<()> {
+    if p.op != op::AUTH_REPLY || !p.body.is_empty() {
+        bail!(
+            "auth refused: op {} body {:?}",
+            p.op,
+            String::from_utf8_lossy(&p.body)
+        );
+    }
+    Ok(())
+}
+
 /// Default read timeout of the clients.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -410,13 +422,7 @@ impl TcpClient {
         let mut c = TcpClient::connect(addr)?;
         c.send(op::AUTH, 1, body)?;
         let p = c.read()?;
-        if p.op != op::AUTH_REPLY || !p.body.is_empty() {
-            bail!(
-                "auth refused: op {} body {:?}",
-                p.op,
-                String::from_utf8_lossy(&p.body)
-            );
-        }
+        expect_auth_ok(&p)?;
         Ok(c)
     }
 
@@ -550,13 +556,7 @@ impl WsClient {
         let mut c = WsClient::connect(addr)?;
         c.send(op::AUTH, 1, body)?;
         let p = c.read_packet()?;
-        if p.op != op::AUTH_REPLY || !p.body.is_empty() {
-            bail!(
-                "auth refused: op {} body {:?}",
-                p.op,
-                String::from_utf8_lossy(&p.body)
-            );
-        }
+        expect_auth_ok(&p)?;
         Ok(c)
     }
 
