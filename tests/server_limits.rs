@@ -352,12 +352,12 @@ fn sigterm_says_goodbye_to_every_client_and_exits_zero() {
     for w in ws.iter_mut() {
         let (code, got) = w.expect_close(Duration::from_secs(10)).unwrap();
         assert_eq!(code, Some(1001));
-        assert_eq!(got.last().map(|p| p.op), Some(op::DISCONNECT));
+        assert_eq!(got.last().map(|p| p.op), Some(op::DISCONNECT_REPLY));
         w.expect_eof(Duration::from_secs(10)).unwrap();
     }
     for t in tcp.iter_mut() {
         let got = t.read_until_closed(Duration::from_secs(10)).unwrap();
-        assert_eq!(got.last().map(|p| p.op), Some(op::DISCONNECT));
+        assert_eq!(got.last().map(|p| p.op), Some(op::DISCONNECT_REPLY));
     }
     let status = srv
         .wait_exit(Duration::from_secs(15))

@@ -202,7 +202,11 @@ fn jwt_hs256_and_eddsa_accepted_bad_tokens_refused() {
             .unwrap();
         let got = c.read_until_closed(Duration::from_secs(5)).unwrap();
         let ops: Vec<u32> = got.iter().map(|p| p.op).collect();
-        assert_eq!(ops, vec![op::AUTH_REPLY, op::DISCONNECT], "token {tok}");
+        assert_eq!(
+            ops,
+            vec![op::AUTH_REPLY, op::DISCONNECT_REPLY],
+            "token {tok}"
+        );
         let body: serde_json::Value = serde_json::from_slice(&got[0].body).unwrap();
         assert_eq!(body["code"], 401, "{body}");
     }
@@ -214,7 +218,7 @@ fn jwt_hs256_and_eddsa_accepted_bad_tokens_refused() {
     assert_eq!(code, Some(1008));
     assert_eq!(
         got.iter().map(|p| p.op).collect::<Vec<_>>(),
-        vec![op::AUTH_REPLY, op::DISCONNECT]
+        vec![op::AUTH_REPLY, op::DISCONNECT_REPLY]
     );
     assert!(
         srv.wait_metric(
@@ -328,7 +332,7 @@ fn ws_violations_close_with_the_right_code() {
     let got = t.read_until_closed(Duration::from_secs(5)).unwrap();
     assert_eq!(
         got.iter().map(|p| p.op).collect::<Vec<_>>(),
-        vec![op::DISCONNECT]
+        vec![op::DISCONNECT_REPLY]
     );
     for (reason, n) in [
         ("\"protocol_error\"", 5.0),
@@ -356,7 +360,7 @@ fn garbage_first_packet_silent_and_idle_clients_closed_on_time() {
     let got = g.read_until_closed(Duration::from_secs(5)).unwrap();
     assert_eq!(
         got.iter().map(|p| p.op).collect::<Vec<_>>(),
-        vec![op::DISCONNECT]
+        vec![op::DISCONNECT_REPLY]
     );
     // A well-formed first packet that is not op 7 -> op 6, close.
     let mut n = TcpClient::connect(srv.tcp).unwrap();
@@ -364,7 +368,7 @@ fn garbage_first_packet_silent_and_idle_clients_closed_on_time() {
     let got = n.read_until_closed(Duration::from_secs(5)).unwrap();
     assert_eq!(
         got.iter().map(|p| p.op).collect::<Vec<_>>(),
-        vec![op::DISCONNECT]
+        vec![op::DISCONNECT_REPLY]
     );
     // Silent before the upgrade, silent before auth, silent after auth:
     // all closed within the configured timeouts (1 s handshake, 1 s
@@ -392,14 +396,14 @@ fn garbage_first_packet_silent_and_idle_clients_closed_on_time() {
             .unwrap()
             .last()
             .map(|p| p.op),
-        Some(op::DISCONNECT)
+        Some(op::DISCONNECT_REPLY)
     );
     assert_eq!(
         idle.read_until_closed(Duration::from_secs(8))
             .unwrap()
             .last()
             .map(|p| p.op),
-        Some(op::DISCONNECT)
+        Some(op::DISCONNECT_REPLY)
     );
     assert!(t0.elapsed() < Duration::from_secs(10));
     assert!(

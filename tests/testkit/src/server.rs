@@ -22,23 +22,8 @@ use corecast_protocol::ws::handshake::{
     key_from_bytes, parse_upgrade_response, write_upgrade_request,
 };
 
-/// goim ops used by tests.
-pub mod op {
-    pub const HEARTBEAT: u32 = 2;
-    pub const HEARTBEAT_REPLY: u32 = 3;
-    pub const SEND_MSG: u32 = 4;
-    pub const SEND_MSG_REPLY: u32 = 5;
-    pub const DISCONNECT: u32 = 6;
-    pub const AUTH: u32 = 7;
-    pub const AUTH_REPLY: u32 = 8;
-    pub const RAW: u32 = 9;
-    pub const CHANGE_ROOM: u32 = 12;
-    pub const CHANGE_ROOM_REPLY: u32 = 13;
-    pub const SUB: u32 = 14;
-    pub const SUB_REPLY: u32 = 15;
-    pub const UNSUB: u32 = 16;
-    pub const UNSUB_REPLY: u32 = 17;
-}
+/// goim ops used by tests (the protocol crate's constants).
+pub use corecast_protocol::packet::op;
 
 /// Fails unless `p` is the auth success reply: op 8 with an empty body.
 fn expect_auth_ok(p: &Packet) -> Result<()> {
