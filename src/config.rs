@@ -22,6 +22,10 @@
 //! send_policy = "close"    # or "drop"
 //! handshake_timeout_secs = 10
 //! heartbeat_interval_secs = 30
+//! http_max_requests_per_conn = 10000  # control API requests per connection
+//!
+//! [fanout]
+//! batch_window_ms = 0      # room batching window; 0 = one shard loop turn
 //!
 //! [auth]
 //! mode = "jwt"             # or "insecure"
@@ -56,6 +60,8 @@ pub struct Config {
     pub shards: ShardsConfig,
     pub limits: LimitsConfig,
     pub auth: AuthConfig,
+    /// Delivery to clients (`[fanout]`): room batching.
+    pub fanout: FanoutConfig,
     /// Kafka ingest (`[kafka]`); no brokers = embedded mode.
     pub kafka: crate::ingest::KafkaConfig,
 }
@@ -156,6 +162,10 @@ pub struct LimitsConfig {
     pub heartbeat_interval_secs: u32,
     /// How long a closing connection may take to flush its goodbye.
     pub close_linger_secs: u32,
+    /// Control API requests served on one connection before it is closed
+    /// (every request already read is answered first; the last reply says
+    /// `Connection: close`).
+    pub http_max_requests_per_conn: u32,
 }
 
 impl Default for LimitsConfig {
@@ -167,9 +177,25 @@ impl Default for LimitsConfig {
             handshake_timeout_secs: 10,
             heartbeat_interval_secs: 30,
             close_linger_secs: 2,
+            http_max_requests_per_conn: 10_000,
         }
     }
 }
+
+/// How pushes reach clients.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FanoutConfig {
+    /// Room batching window in milliseconds: a room's pushes are held from
+    /// its first pending push until the window ends, then sent to each
+    /// member as one op-9 container (TCP: the packets back to back).
+    /// 0 = what reaches the shard during one loop turn (no added latency).
+    /// Pushes to keys, mids and `all` are never held.
+    pub batch_window_ms: u64,
+}
+
+/// Most `fanout.batch_window_ms` (goim used up to 1 s).
+pub const MAX_BATCH_WINDOW_MS: u64 = 10_000;
 
 /// How op-7 tokens are checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -252,6 +278,12 @@ pub struct Overrides {
     /// Client heartbeat interval in seconds.
     #[arg(long, env = "CORECAST_HEARTBEAT_INTERVAL_SECS")]
     pub heartbeat_interval_secs: Option<u32>,
+    /// Control API requests per connection before it is closed.
+    #[arg(long, env = "CORECAST_HTTP_MAX_REQUESTS_PER_CONN")]
+    pub http_max_requests_per_conn: Option<u32>,
+    /// Room batching window in ms (0 = one shard loop turn).
+    #[arg(long, env = "CORECAST_BATCH_WINDOW_MS")]
+    pub batch_window_ms: Option<u64>,
     /// Token checking: jwt or insecure.
     #[arg(long, env = "CORECAST_AUTH_MODE")]
     pub auth_mode: Option<AuthMode>,
@@ -325,6 +357,11 @@ impl Config {
             &mut self.limits.heartbeat_interval_secs,
             &o.heartbeat_interval_secs,
         );
+        set(
+            &mut self.limits.http_max_requests_per_conn,
+            &o.http_max_requests_per_conn,
+        );
+        set(&mut self.fanout.batch_window_ms, &o.batch_window_ms);
         set(&mut self.auth.mode, &o.auth_mode);
         if o.jwt_hs256_secret.is_some() {
             self.auth.hs256_secret = o.jwt_hs256_secret.clone();
@@ -354,6 +391,9 @@ impl Config {
             ));
         }
         parse_cpu_list(&self.shards.cpus).map_err(ConfigError::Invalid)?;
+        if self.limits.http_max_requests_per_conn == 0 {
+            return bad("limits.http_max_requests_per_conn must be > 0".into());
+        }
         if self.shards.count > 4096 {
             return bad(format!(
                 "shards.count {} is more than 4096",
@@ -397,6 +437,12 @@ impl Config {
             return bad(
                 "limits.handshake_timeout_secs and heartbeat_interval_secs must be > 0".into(),
             );
+        }
+        if self.fanout.batch_window_ms > MAX_BATCH_WINDOW_MS {
+            return bad(format!(
+                "fanout.batch_window_ms {} is more than {MAX_BATCH_WINDOW_MS}",
+                self.fanout.batch_window_ms
+            ));
         }
         if self.auth.mode == AuthMode::Jwt
             && self.auth.hs256_secret.is_none()
@@ -501,6 +547,12 @@ mod tests {
             toml::from_str("[limits]\nsend_policy = \"drop\"\n[shards]\ncount = 8").unwrap();
         assert_eq!(c.limits.send_policy, SendPolicy::Drop);
         assert_eq!(c.shard_count(), 8);
+        let c: Config = toml::from_str("[fanout]\nbatch_window_ms = 200").unwrap();
+        assert_eq!(c.fanout.batch_window_ms, 200);
+        assert_eq!(Config::default().fanout.batch_window_ms, 0);
+        let mut w = Config::default();
+        w.fanout.batch_window_ms = MAX_BATCH_WINDOW_MS + 1;
+        assert!(w.validate().is_err());
         assert!(toml::from_str::<Config>("[limits]\nsend_cap_typo = 1").is_err());
         let mut j = Config::default();
         j.auth.mode = AuthMode::Jwt;

@@ -51,6 +51,10 @@ pub struct BenchArgs {
     /// Skip the ceiling run (ratios are then omitted).
     #[arg(long)]
     pub no_ceiling: bool,
+    /// The server's room batching window in ms (`corecast serve
+    /// --batch-window-ms`); 0 = one shard loop turn.
+    #[arg(long, default_value_t = 0)]
+    pub batch_window_ms: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
@@ -77,6 +81,9 @@ pub struct BenchReport {
     pub machine: Machine,
     pub server_bin: String,
     pub server_cpus: String,
+    /// Room batching window the server ran with (ms; 0 = one loop turn).
+    #[serde(default)]
+    pub batch_window_ms: u64,
     pub loadgen_cpu: usize,
     pub started_unix: u64,
     pub ceiling: Option<CeilingReport>,
@@ -157,6 +164,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         size: Some(args.size),
         machine: machine(),
         server_cpus: args.server_cpus.clone(),
+        batch_window_ms: args.batch_window_ms,
         loadgen_cpu: args.loadgen_cpu,
         started_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -198,7 +206,13 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
     };
     report.server_bin = bin.display().to_string();
     let max_conns = sz.idle_conns.max(sz.bc_conns);
-    let mut server = Server::start(&bin, &args.server_cpus, max_conns, &args.out)?;
+    let mut server = Server::start(
+        &bin,
+        &args.server_cpus,
+        max_conns,
+        args.batch_window_ms,
+        &args.out,
+    )?;
     let (ws_port, tcp_port, http_port, pid) = (
         server.ws_port,
         server.tcp_port,
@@ -225,6 +239,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         inflight: 1024,
         room_size: 100,
         timeout_secs: 120.0,
+        pipeline_auth: true,
         json: None,
     };
     step(

@@ -1,7 +1,19 @@
 //! Pushes from the fan-out ring → connection send queues: frame once, send
-//! many (`Bytes` clones), room batching per loop turn, the byte cap.
+//! many (`Bytes` clones), room batching, the byte cap.
+//!
+//! Room batching: a room's pushes are held from its first pending push
+//! until `fanout.batch_window_ms` has passed (0 = until the end of the loop
+//! turn), then sent to each member as one op-9 container. Rooms become
+//! pending in arrival order and share one window length, so the pending
+//! list is sorted by due time: the loop flushes a prefix and sleeps until
+//! the front is due (the ring wait's timeout, no timer per room).
+//! Key, mid and `all` pushes are sent at once; with a window > 0 they may
+//! overtake room messages held for the same client (as in goim, whose room
+//! batches are also sent apart from direct pushes).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::Instant;
 
 use ahash::AHashMap;
 use bytes::{Bytes, BytesMut};
@@ -12,16 +24,80 @@ use super::index::NIL;
 use crate::config::SendPolicy;
 use crate::fanout::{encode::ws_container_frame, CloseReason, Push, PushTarget, ShardMsg};
 
-/// Room pushes collected during one loop turn, in arrival order per room.
+/// One room's held pushes.
+struct PendingRoom {
+    id: u32,
+    name: Arc<str>,
+    /// When the window of its first push ends.
+    due: Instant,
+    msgs: Vec<Push>,
+}
+
+/// Room pushes held for their batching window, rooms in the order their
+/// first pending push arrived (hence sorted by `due`).
 #[derive(Default)]
 pub struct RoomBatch {
-    order: Vec<(u32, Arc<str>, Vec<Push>)>,
-    by_room: AHashMap<u32, usize>,
+    pending: VecDeque<PendingRoom>,
+    /// Sequence number of `pending[0]`.
+    base: u64,
+    /// Room id → sequence number of its pending entry.
+    by_room: AHashMap<u32, u64>,
+    /// Emptied message vectors, reused.
+    spare: Vec<Vec<Push>>,
 }
 
 impl RoomBatch {
     fn is_empty(&self) -> bool {
-        self.order.is_empty()
+        self.pending.is_empty()
+    }
+
+    /// When the first held room is due (none held: `None`).
+    pub fn next_due(&self) -> Option<Instant> {
+        self.pending.front().map(|r| r.due)
+    }
+
+    /// Adds `p` to room `id`'s pending batch, opening one due at
+    /// `due()` if the room has none.
+    fn add(&mut self, id: u32, name: &Arc<str>, p: Push, due: impl FnOnce() -> Instant) {
+        if let Some(&seq) = self.by_room.get(&id) {
+            let e = &mut self.pending[(seq - self.base) as usize];
+            // A room id freed and reused by another room within the window
+            // gets an entry of its own.
+            if Arc::ptr_eq(&e.name, name) || e.name == *name {
+                e.msgs.push(p);
+                return;
+            }
+        }
+        let mut msgs = self.spare.pop().unwrap_or_default();
+        msgs.push(p);
+        self.by_room
+            .insert(id, self.base + self.pending.len() as u64);
+        self.pending.push_back(PendingRoom {
+            id,
+            name: name.clone(),
+            due: due(),
+            msgs,
+        });
+    }
+
+    /// Takes the front entry if `all` or it is due at `now`.
+    fn pop_due(&mut self, all: bool, now: Instant) -> Option<PendingRoom> {
+        if !all && self.pending.front()?.due > now {
+            return None;
+        }
+        let e = self.pending.pop_front()?;
+        if self.by_room.get(&e.id) == Some(&self.base) {
+            self.by_room.remove(&e.id);
+        }
+        self.base += 1;
+        Some(e)
+    }
+
+    fn recycle(&mut self, mut msgs: Vec<Push>) {
+        msgs.clear();
+        if self.spare.len() < 64 && msgs.capacity() <= 1024 {
+            self.spare.push(msgs);
+        }
     }
 }
 
@@ -34,17 +110,25 @@ impl Shard {
                     PushTarget::Room(name) => {
                         // A room with no member here costs one lookup.
                         if let Some(id) = self.rooms.id_of(name) {
-                            let b = &mut self.batch;
-                            let i = *b.by_room.entry(id).or_insert_with(|| {
-                                b.order.push((id, name.clone(), Vec::new()));
-                                b.order.len() - 1
+                            // Per-turn batching (window 0) flushes every
+                            // entry whatever its due time: skip the clock.
+                            let (window, start) = (self.s.batch_window, self.start);
+                            let name = name.clone();
+                            self.batch.add(id, &name, p, || {
+                                if window.is_zero() {
+                                    start
+                                } else {
+                                    Instant::now() + window
+                                }
                             });
-                            b.order[i].2.push(p);
                         }
                     }
                     _ => {
-                        // Keep one order across targets: flush room batches first.
-                        self.flush_batches();
+                        // Per-turn batching keeps one order across targets:
+                        // flush room batches first. A window holds them.
+                        if self.s.batch_window.is_zero() {
+                            self.flush_batches(true);
+                        }
                         self.deliver_direct(&p);
                     }
                 }
@@ -109,20 +193,24 @@ impl Shard {
         (c.gen == gen && c.state == State::Open && c.custom_key().is_none()).then_some(key)
     }
 
-    /// Sends each room's pushes of this turn to its members: one message
-    /// as its pre-encoded frame, several as one op-9 container (built once
-    /// per room, only for the protocols the room has).
-    pub(super) fn flush_batches(&mut self) {
+    /// Sends held room pushes to the rooms' members: every room if `all`
+    /// (per-turn batching, shutdown), else those whose window has ended.
+    /// One message goes as its pre-encoded frame, several as one op-9
+    /// container (built once per room, only for the protocols the room has).
+    pub(super) fn flush_batches(&mut self, all: bool) {
         if self.batch.is_empty() {
             return;
         }
-        let mut order = std::mem::take(&mut self.batch.order);
-        self.batch.by_room.clear();
+        let all = all || self.s.batch_window.is_zero();
+        let now = if all { self.start } else { Instant::now() };
         let mut members = std::mem::take(&mut self.tmp_keys);
-        for (id, name, msgs) in order.drain(..) {
-            if self.rooms.id_of(&name) != Some(id) {
+        while let Some(PendingRoom { name, msgs, .. }) = self.batch.pop_due(all, now) {
+            // Members as of now (the room may have been emptied and made
+            // again under another id during the window).
+            let Some(id) = self.rooms.id_of(&name) else {
+                self.batch.recycle(msgs);
                 continue;
-            }
+            };
             let room = self.rooms.get(id);
             members.clear();
             members.extend_from_slice(&room.members);
@@ -172,8 +260,8 @@ impl Shard {
                 };
                 self.enqueue(key, b, k);
             }
+            self.batch.recycle(msgs);
         }
-        self.batch.order = order;
         self.tmp_keys = members;
     }
 

@@ -39,7 +39,7 @@ pub struct Shard {
     listeners: Vec<(OwnedFd, Proto)>,
     accept_armed: [bool; 2],
     next_gen: u32,
-    start: Instant,
+    pub(super) start: Instant,
     pub(super) now: u32,
     pub(super) counters: ShardCounters,
     loop_turns: LoopTurnHistogram,
@@ -191,7 +191,7 @@ impl Shard {
     pub fn run(&mut self) {
         loop {
             self.drain_inbox();
-            self.flush_batches();
+            self.flush_batches(false);
             self.flush_sends();
             if self.inbox.waker().shutdown_requested() && self.stopping.is_none() {
                 self.begin_shutdown();
@@ -202,9 +202,24 @@ impl Shard {
                     break;
                 }
             }
-            let busy = !self.dirty.is_empty() || self.inbox.pending() > 0;
+            // Held room batches bound the sleep (the wait's own timeout,
+            // no timer request per room).
+            let held = self
+                .batch
+                .next_due()
+                .map(|due| due.saturating_duration_since(Instant::now()));
+            let busy = !self.dirty.is_empty()
+                || self.inbox.pending() > 0
+                || held.is_some_and(|d| d.is_zero());
             let res = if !busy && self.inbox.prepare_to_sleep() {
-                let r = self.ring.submit_and_wait(1);
+                let r = match held {
+                    Some(d) => {
+                        let ts = types::Timespec::from(d);
+                        let args = types::SubmitArgs::new().timespec(&ts);
+                        self.ring.submitter().submit_with_args(1, &args)
+                    }
+                    None => self.ring.submit_and_wait(1),
+                };
                 self.inbox.awake();
                 r
             } else {
@@ -213,7 +228,7 @@ impl Shard {
             if let Err(e) = res {
                 if !matches!(
                     e.raw_os_error(),
-                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+                    Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN) | Some(libc::ETIME)
                 ) {
                     tracing::error!(shard = self.id, error = %e, "io_uring_enter failed");
                 }
@@ -644,6 +659,8 @@ impl Shard {
     }
 
     fn begin_shutdown(&mut self) {
+        // Held room messages go out before the goodbyes.
+        self.flush_batches(true);
         let linger = self.s.close_linger as u64 + 1;
         self.stopping = Some(Instant::now() + std::time::Duration::from_secs(linger));
         for idx in 0..2 {

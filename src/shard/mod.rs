@@ -48,6 +48,8 @@ pub struct Settings {
     pub close_linger: u32,
     pub ws_path: String,
     pub report_interval: Duration,
+    /// Room batching window (zero = one loop turn).
+    pub batch_window: Duration,
     pub ring_entries: u32,
     pub recv_buffers: u16,
     pub recv_buffer_size: usize,
@@ -67,6 +69,7 @@ impl Settings {
             close_linger: cfg.limits.close_linger_secs.max(1),
             ws_path: cfg.listen.ws_path.clone(),
             report_interval: Duration::from_millis(cfg.shards.report_interval_ms),
+            batch_window: Duration::from_millis(cfg.fanout.batch_window_ms),
             ring_entries: cfg.shards.ring_entries.next_power_of_two(),
             recv_buffers: cfg.recv_buffers_per_shard().min(32768) as u16,
             recv_buffer_size: cfg.shards.recv_buffer_size as usize,

@@ -59,7 +59,13 @@ fn free_port() -> Result<u16> {
 }
 
 impl Server {
-    pub fn start(bin: &Path, cpus: &str, max_conns: u64, log_dir: &Path) -> Result<Self> {
+    pub fn start(
+        bin: &Path,
+        cpus: &str,
+        max_conns: u64,
+        batch_window_ms: u64,
+        log_dir: &Path,
+    ) -> Result<Self> {
         let (ws_port, tcp_port, http_port) = (free_port()?, free_port()?, free_port()?);
         // One shard ring holds ≤ ~19k direct descriptors (nofile cap).
         let shards = max_conns.div_ceil(15_000).max(1);
@@ -77,6 +83,8 @@ impl Server {
             .arg(shards.to_string())
             .arg("--cpus")
             .arg(cpus)
+            .arg("--batch-window-ms")
+            .arg(batch_window_ms.to_string())
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

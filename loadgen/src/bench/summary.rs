@@ -22,12 +22,17 @@ impl BenchReport {
     pub fn print_summary(&self) {
         let m = &self.machine;
         println!(
-            "corecast bench ({:?}) — {} CPUs, Linux {}, server on CPU {}, loadgen on CPU {}",
+            "corecast bench ({:?}) — {} CPUs, Linux {}, server on CPU {}, loadgen on CPU {}, batching window {}",
             self.size.unwrap_or(Size::Standard),
             m.nproc,
             m.kernel,
             self.server_cpus,
-            self.loadgen_cpu
+            self.loadgen_cpu,
+            if self.batch_window_ms == 0 {
+                "one loop turn".to_string()
+            } else {
+                format!("{} ms", self.batch_window_ms)
+            }
         );
         println!(
             "{:<34} {:>14} {:>12}  note",
