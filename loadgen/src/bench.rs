@@ -239,7 +239,6 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         inflight: 1024,
         room_size: 100,
         timeout_secs: 120.0,
-        pipeline_auth: true,
         json: None,
     };
     step(
