@@ -288,8 +288,8 @@ pub fn render(shards: &[ShardView<'_>], control: &ControlCounters, uptime_secs: 
         }
     }
 
-    // Shards count turns in power-of-two microsecond buckets; no sum is kept,
-    // so the family carries buckets and count only.
+    // Shards count turns in power-of-two microsecond buckets and keep the
+    // total turn time, so the family has all of _bucket, _sum and _count.
     header(
         &mut out,
         "corecast_loop_turn_seconds",
@@ -310,6 +310,11 @@ pub fn render(shards: &[ShardView<'_>], control: &ControlCounters, uptime_secs: 
             let _ = writeln!(
                 out,
                 "corecast_loop_turn_seconds_bucket{{shard=\"{i}\",le=\"+Inf\"}} {cumulative}"
+            );
+            let _ = writeln!(
+                out,
+                "corecast_loop_turn_seconds_sum{{shard=\"{i}\"}} {}",
+                r.loop_turns.sum_nanos as f64 / 1e9
             );
             let _ = writeln!(
                 out,
@@ -496,11 +501,53 @@ mod tests {
         // Every sample line belongs to a declared family.
         for l in text.lines().filter(|l| !l.starts_with('#')) {
             let name = l.split(['{', ' ']).next().unwrap();
-            let family = name.trim_end_matches("_bucket").trim_end_matches("_count");
+            let family = name
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count");
             assert!(
                 text.contains(&format!("# TYPE {family} ")),
                 "undeclared {name}"
             );
         }
+    }
+
+    #[test]
+    fn loop_turn_histogram_has_bucket_sum_and_count() {
+        use std::time::Duration;
+        let mut r = ShardReport::empty(0);
+        r.loop_turns.record(Duration::from_micros(1)); // bucket 0
+        r.loop_turns.record(Duration::from_micros(3)); // bucket 1
+        r.loop_turns.record(Duration::from_micros(1500)); // bucket 10
+        let views = vec![ShardView {
+            report: Some(&r),
+            report_age_secs: Some(0.0),
+            ring_queued: 0,
+            ring_capacity: 8,
+            stopped: false,
+        }];
+        let text = render(&views, &ControlCounters::default(), 1.0);
+        let value = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            line.rsplit(' ').next().unwrap().parse().unwrap()
+        };
+        assert_eq!(value("corecast_loop_turn_seconds_count{shard=\"0\"}"), 3.0);
+        let sum = value("corecast_loop_turn_seconds_sum{shard=\"0\"}");
+        assert!((sum - 0.001504).abs() < 1e-12, "sum {sum}");
+        assert_eq!(
+            value("corecast_loop_turn_seconds_bucket{shard=\"0\",le=\"0.000004\"}"),
+            2.0
+        );
+        assert_eq!(
+            value("corecast_loop_turn_seconds_bucket{shard=\"0\",le=\"+Inf\"}"),
+            3.0
+        );
+        // Prometheus order within a histogram: buckets, then _sum, then _count.
+        let pos = |p: &str| text.find(p).unwrap();
+        assert!(pos("le=\"+Inf\"") < pos("corecast_loop_turn_seconds_sum"));
+        assert!(pos("corecast_loop_turn_seconds_sum") < pos("corecast_loop_turn_seconds_count"));
     }
 }

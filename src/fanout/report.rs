@@ -145,6 +145,8 @@ pub struct IndexSizes {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoopTurnHistogram {
     pub buckets: [u64; LoopTurnHistogram::BUCKETS],
+    /// Total time of every recorded turn, in nanoseconds (Prometheus `_sum`).
+    pub sum_nanos: u64,
 }
 
 impl LoopTurnHistogram {
@@ -158,6 +160,7 @@ impl LoopTurnHistogram {
             .saturating_sub(1)
             .min(Self::BUCKETS - 1);
         self.buckets[b] += 1;
+        self.sum_nanos = self.sum_nanos.saturating_add(d.as_nanos() as u64);
     }
 
     /// Upper bound of bucket `i` in seconds (for Prometheus `le` labels).
