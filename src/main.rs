@@ -157,6 +157,7 @@ fn serve(o: Overrides) -> anyhow::Result<()> {
         http_listen: cfg.listen.http,
         cpu: cpus.last().copied(),
         max_body: cfg.limits.max_body,
+        max_requests_per_conn: cfg.limits.http_max_requests_per_conn,
         // With Kafka, HTTP pushes are produced there (answered after the ack).
         kafka_produce: cfg.kafka.enabled().then(|| cfg.kafka.clone()),
         ..Default::default()

@@ -4,7 +4,10 @@
 //! `TcpStream` speaks `futures_lite::{AsyncRead, AsyncWrite}`. This adapter
 //! bridges the two and records the time of the last byte moved, so the
 //! connection task can close idle connections without a hyper `Timer`
-//! (hyper's timers must be `Send`, glommio's are not).
+//! (hyper's timers must be `Send`, glommio's are not). It also counts the
+//! whole requests read ([`RequestCounter`]) and can stop reading (the
+//! per-connection request cap), so that the server answers every request it
+//! read before closing.
 
 use std::cell::Cell;
 use std::io;
@@ -15,15 +18,29 @@ use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncWrite};
 
+use super::request_count::RequestCounter;
+
 /// Size of the intermediate read buffer. The control API carries small
 /// requests; a copy through this buffer keeps the adapter free of `unsafe`.
 const READ_CHUNK: usize = 8 * 1024;
+
+/// What the connection task and its I/O share about the request stream.
+#[derive(Debug, Default)]
+pub struct ReadGate {
+    /// Whole requests read so far (frozen once the stream can't be framed).
+    pub requests_read: Cell<u64>,
+    /// Set at the request cap: reads return end-of-file from then on, so
+    /// hyper answers what it has read and then closes.
+    pub stop_reading: Cell<bool>,
+}
 
 /// A glommio stream seen through hyper's I/O traits.
 pub struct HyperIo<S> {
     inner: S,
     scratch: Box<[u8]>,
     last_activity: Rc<Cell<Instant>>,
+    counter: RequestCounter,
+    gate: Rc<ReadGate>,
 }
 
 impl<S> HyperIo<S> {
@@ -32,12 +49,24 @@ impl<S> HyperIo<S> {
             inner,
             scratch: vec![0u8; READ_CHUNK].into_boxed_slice(),
             last_activity: Rc::new(Cell::new(Instant::now())),
+            counter: RequestCounter::default(),
+            gate: Rc::default(),
         }
     }
 
     /// Shared cell holding the instant of the last successful read or write.
     pub fn activity(&self) -> Rc<Cell<Instant>> {
         Rc::clone(&self.last_activity)
+    }
+
+    /// Shared request count and stop switch of this connection.
+    pub fn gate(&self) -> Rc<ReadGate> {
+        Rc::clone(&self.gate)
+    }
+
+    /// The wrapped stream.
+    pub fn into_inner(self) -> S {
+        self.inner
     }
 }
 
@@ -49,12 +78,14 @@ impl<S: AsyncRead + Unpin> hyper::rt::Read for HyperIo<S> {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let want = buf.remaining().min(this.scratch.len());
-        if want == 0 {
+        if want == 0 || this.gate.stop_reading.get() {
             return Poll::Ready(Ok(()));
         }
         let n = ready!(Pin::new(&mut this.inner).poll_read(cx, &mut this.scratch[..want]))?;
         if n > 0 {
             this.last_activity.set(Instant::now());
+            this.counter.feed(&this.scratch[..n]);
+            this.gate.requests_read.set(this.counter.complete());
         }
         buf.put_slice(&this.scratch[..n]);
         Poll::Ready(Ok(()))

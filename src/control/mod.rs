@@ -18,6 +18,7 @@ pub mod http_io;
 pub mod metrics;
 pub mod params;
 pub mod produce;
+mod request_count;
 mod server;
 pub mod state;
 #[cfg(test)]

@@ -64,22 +64,28 @@ async fn serve_connection(stream: glommio::net::TcpStream, state: Rc<ControlStat
     let _guard = OpenConnGuard(state.clone());
     let io = HyperIo::new(stream);
     let activity = io.activity();
-    let served = Rc::new(Cell::new(0u32));
+    let gate = io.gate();
+    let served = Rc::new(Cell::new(0u64));
     let cfg = &state.cfg;
 
     let svc_state = state.clone();
     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
         let state = svc_state.clone();
         let served = served.clone();
+        let gate = gate.clone();
         async move {
-            served.set(served.get() + 1);
-            let last = served.get() >= state.cfg.max_requests_per_conn;
             let mut reply = handle(&state, req).await;
-            if last {
-                // Per-connection request cap: hyper closes after this reply.
-                reply
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            served.set(served.get() + 1);
+            // Per-connection request cap: stop reading, answer every request
+            // already read (a pipelining client may have sent past the cap),
+            // and mark the last of them `Connection: close`.
+            if served.get() >= u64::from(state.cfg.max_requests_per_conn) {
+                gate.stop_reading.set(true);
+                if served.get() >= gate.requests_read.get() {
+                    reply
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
             }
             Ok::<_, Infallible>(reply)
         }
@@ -88,10 +94,13 @@ async fn serve_connection(stream: glommio::net::TcpStream, state: Rc<ControlStat
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .keep_alive(true)
+        // Once reading stops at the cap, the end-of-file it reports must not
+        // cut short the replies still to be written.
+        .half_close(true)
         .max_headers(cfg.max_headers)
         .max_header_size(cfg.max_header_size)
         .max_buf_size(cfg.max_header_size.max(8192) + cfg.max_body);
-    let conn = builder.serve_connection(io, service);
+    let conn = builder.serve_connection(io, service).without_shutdown();
 
     // Idle watchdog: hyper's own timers need a `Send` timer, glommio's are not.
     let idle = cfg.idle_timeout;
@@ -99,19 +108,52 @@ async fn serve_connection(stream: glommio::net::TcpStream, state: Rc<ControlStat
         loop {
             glommio::timer::sleep(Duration::from_secs(1).min(idle)).await;
             if Instant::now().duration_since(activity.get()) >= idle {
-                return;
+                return None;
             }
         }
     };
-    futures_lite::future::or(
+    let ended = futures_lite::future::or(
         async {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "control API connection ended with an error");
+            match conn.await {
+                Ok(parts) => Some(parts.io.into_inner()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "control API connection ended with an error");
+                    None
+                }
             }
         },
         watchdog,
     )
     .await;
+    if let Some(stream) = ended {
+        lingering_close(stream).await;
+    }
+}
+
+/// How long a closing connection keeps reading (and discarding) what the
+/// client still sends.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+
+/// Closes after the last reply without a reset: send FIN, then read until the
+/// client closes too (or `CLOSE_LINGER` passes). Closing a socket with unread
+/// input makes the kernel send RST, which can destroy replies the client has
+/// not read yet — e.g. at the request cap, while a pipelining client is
+/// still sending.
+async fn lingering_close(stream: glommio::net::TcpStream) {
+    use futures_lite::AsyncReadExt;
+    if stream.shutdown(std::net::Shutdown::Write).await.is_err() {
+        return;
+    }
+    let mut stream = stream;
+    let drain = async {
+        let mut sink = [0u8; 4096];
+        while let Ok(n) = stream.read(&mut sink).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    futures_lite::future::or(drain, glommio::timer::sleep(CLOSE_LINGER)).await;
 }
 
 fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Reply {
