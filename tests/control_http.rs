@@ -2,20 +2,26 @@
 //! metrics move, bad requests get their status codes and the server keeps
 //! serving.
 
-mod control_support;
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use control_support::{http, parse_reply, Client, Server, Transport};
+use corecast_testkit::client::{GoimClient as Client, Transport};
+use corecast_testkit::http::{
+    metric_family_sum, parse_reply, read_replies, request, request_bytes, HttpReply, Replies,
+};
+use corecast_testkit::server::Server;
 use serde_json::json;
 
 const ACCEPTS: &[u32] = &[1000];
 
+fn start(shards: usize) -> Server {
+    Server::start_insecure(env!("CARGO_BIN_EXE_corecast"), shards)
+}
+
 #[test]
 fn online_api_matches_connections_held() {
-    let server = Server::start(3, &[]);
+    let server = start(3);
     let mut held = Vec::new();
     // live://1 ×5, live://2 ×3, live://3 ×1, game://1 ×2
     for (room, n) in [
@@ -85,8 +91,8 @@ fn online_api_matches_connections_held() {
 
 #[test]
 fn metrics_move_with_traffic() {
-    let server = Server::start(2, &[]);
-    let r = server.http("GET", "/metrics", b"");
+    let server = start(2);
+    let r = server.request("GET", "/metrics", b"");
     assert_eq!(r.status, 200);
     assert!(
         r.header("content-type").unwrap().starts_with("text/plain"),
@@ -112,14 +118,13 @@ fn metrics_move_with_traffic() {
             "{family} missing:\n{before}"
         );
     }
-    let pushes_before =
-        control_support::metric_sum(&before, "corecast_pushes_total", &["target=\"room\""]);
+    let pushes_before = metric_family_sum(&before, "corecast_pushes_total", &["target=\"room\""]);
 
     let mut a = Client::connect(&server, Transport::Ws, 1, "m-a", "metrics://1", ACCEPTS);
     let mut b = Client::connect(&server, Transport::Tcp, 2, "m-b", "metrics://1", ACCEPTS);
     server.wait_json("/goim/online/total", "counted", |d| d["conn_count"] == 2);
     for _ in 0..5 {
-        let r = server.http(
+        let r = server.request(
             "POST",
             "/goim/push/room?operation=1000&type=metrics&room=1",
             b"hello",
@@ -134,8 +139,8 @@ fn metrics_move_with_traffic() {
 
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let text = server.http("GET", "/metrics", b"").text();
-        let m = |f: &str, l: &[&str]| control_support::metric_sum(&text, f, l);
+        let text = server.request("GET", "/metrics", b"").text();
+        let m = |f: &str, l: &[&str]| metric_family_sum(&text, f, l);
         let ok = m("corecast_pushes_total", &["target=\"room\""]) == pushes_before + 5.0
             && m("corecast_accepts_total", &[]) >= 2.0
             && m("corecast_connections", &["protocol=\"ws\""]) == 1.0
@@ -180,7 +185,7 @@ fn metrics_move_with_traffic() {
     }
 }
 
-fn assert_error(r: &control_support::HttpReply, status: u16, what: &str) {
+fn assert_error(r: &HttpReply, status: u16, what: &str) {
     assert_eq!(r.status, status, "{what}: {}", r.text());
     let v = r.json();
     assert!(v["code"].as_i64().unwrap() < 0, "{what}: {v}");
@@ -192,17 +197,17 @@ fn assert_error(r: &control_support::HttpReply, status: u16, what: &str) {
 
 #[test]
 fn bad_requests_get_their_codes_and_the_server_keeps_serving() {
-    let mut server = Server::start(2, &[]);
+    let mut server = start(2);
     let mut client = Client::connect(&server, Transport::Ws, 7, "survivor", "bad://1", ACCEPTS);
     server.wait_json("/goim/online/total", "counted", |d| d["conn_count"] == 1);
 
-    assert_error(&server.http("GET", "/nope", b""), 404, "unknown path");
+    assert_error(&server.request("GET", "/nope", b""), 404, "unknown path");
     assert_error(
-        &server.http("GET", "/goim/push/room?operation=1000&type=bad&room=1", b""),
+        &server.request("GET", "/goim/push/room?operation=1000&type=bad&room=1", b""),
         405,
         "GET push",
     );
-    let r = server.http("POST", "/goim/online/total", b"");
+    let r = server.request("POST", "/goim/online/total", b"");
     assert_error(&r, 405, "POST online");
     assert_eq!(r.header("allow").as_deref(), Some("GET"));
 
@@ -222,20 +227,20 @@ fn bad_requests_get_their_codes_and_the_server_keeps_serving() {
             "bad escape",
         ),
     ] {
-        assert_error(&server.http("POST", path, b"x"), 400, what);
+        assert_error(&server.request("POST", path, b"x"), 400, what);
     }
     for (path, what) in [
         ("/goim/online/top?type=bad", "no limit"),
         ("/goim/online/top?type=bad&limit=0", "zero limit"),
         ("/goim/online/room?type=bad", "no rooms"),
     ] {
-        assert_error(&server.http("GET", path, b""), 400, what);
+        assert_error(&server.request("GET", path, b""), 400, what);
     }
 
     // Bodies over the limit (default 4096), declared or chunked.
     let big = vec![b'a'; 5000];
     assert_error(
-        &server.http(
+        &server.request(
             "POST",
             "/goim/push/room?operation=1000&type=bad&room=1",
             &big,
@@ -263,7 +268,7 @@ fn bad_requests_get_their_codes_and_the_server_keeps_serving() {
 
     // Oversized request head.
     let huge_header = format!("X-Big: {}\r\n", "h".repeat(20_000));
-    let r = http(server.http, "GET", "/health", b"", &huge_header);
+    let r = request(server.http, "GET", "/health", b"", &huge_header).expect("431 reply");
     assert_eq!(r.status, 431, "huge header: {}", r.head);
 
     // Garbage instead of HTTP.
@@ -283,8 +288,8 @@ fn bad_requests_get_their_codes_and_the_server_keeps_serving() {
         "server died; log:\n{}",
         server.log_text()
     );
-    assert_eq!(server.http("GET", "/health", b"").status, 200);
-    let r = server.http(
+    assert_eq!(server.request("GET", "/health", b"").status, 200);
+    let r = server.request(
         "POST",
         "/goim/push/room?operation=1000&type=bad&room=1",
         b"still here",
@@ -303,30 +308,121 @@ fn bad_requests_get_their_codes_and_the_server_keeps_serving() {
 
 #[test]
 fn keep_alive_connection_serves_many_requests() {
-    let server = Server::start(1, &[]);
+    let server = start(1);
     let mut s = TcpStream::connect(server.http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     for i in 0..20 {
         let body = format!("ka{i}");
-        let req = format!(
-            "POST /goim/push/room?operation=1000&type=ka&room=1 HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(req.as_bytes()).unwrap();
-        let mut raw = Vec::new();
-        let mut tmp = [0u8; 4096];
-        let reply = loop {
-            let n = s.read(&mut tmp).unwrap();
-            assert!(n > 0, "connection closed after {i} requests");
-            raw.extend_from_slice(&tmp[..n]);
-            if let Some(r) = parse_reply(&raw) {
-                let len: usize = r.header("content-length").unwrap().parse().unwrap();
-                if r.body.len() >= len {
-                    break r;
-                }
-            }
-        };
+        s.write_all(&request_bytes(
+            "POST",
+            "/goim/push/room?operation=1000&type=ka&room=1",
+            body.as_bytes(),
+            true,
+            "",
+        ))
+        .unwrap();
+        let got = read_replies(&mut s, 1, Duration::from_secs(10)).unwrap();
+        assert!(!got.closed, "connection closed after {i} requests");
+        let reply = &got.replies[0];
         assert_eq!(reply.status, 200);
+        assert!(!reply.closes(), "request {i}: {}", reply.head);
         assert_eq!(reply.json(), json!({"code": 0, "message": ""}));
     }
+}
+
+/// `corecast serve` whose HTTP API closes a connection after `cap` requests.
+fn start_with_request_cap(cap: u32) -> Server {
+    Server::builder(env!("CARGO_BIN_EXE_corecast"))
+        .shards(1)
+        .insecure_auth()
+        .args(["--http-max-requests-per-conn".to_string(), cap.to_string()])
+        .start()
+        .expect("start corecast")
+}
+
+fn push_request(i: usize) -> Vec<u8> {
+    request_bytes(
+        "POST",
+        "/goim/push/room?operation=1000&type=pipe&room=1",
+        format!("p{i}").as_bytes(),
+        true,
+        "",
+    )
+}
+
+/// Every reply is a 200 goim success; only the last says `Connection: close`.
+fn assert_answered_then_closed(got: &Replies, cap: usize) {
+    assert!(got.closed, "the server closes at the request cap");
+    assert!(
+        got.replies.len() >= cap,
+        "only {} replies before the close (cap {cap})",
+        got.replies.len()
+    );
+    for (i, r) in got.replies.iter().enumerate() {
+        assert_eq!(r.status, 200, "reply {i}: {}", r.text());
+        assert_eq!(r.json(), json!({"code": 0, "message": ""}), "reply {i}");
+        let last = i + 1 == got.replies.len();
+        assert_eq!(
+            r.closes(),
+            last,
+            "reply {i} of {}: {}",
+            got.replies.len(),
+            r.head
+        );
+    }
+}
+
+#[test]
+fn requests_pipelined_past_the_cap_in_one_write_are_all_answered() {
+    const CAP: usize = 5;
+    const SENT: usize = 20;
+    let server = start_with_request_cap(CAP as u32);
+    let mut s = TcpStream::connect(server.http).unwrap();
+    // One write of ~2 KB: the server reads all 20 requests at once, 15 of
+    // them past the cap, and must answer every one before closing.
+    let all: Vec<u8> = (0..SENT).flat_map(push_request).collect();
+    s.write_all(&all).unwrap();
+    let got = read_replies(&mut s, SENT + 1, Duration::from_secs(10)).unwrap();
+    assert_answered_then_closed(&got, CAP);
+    assert_eq!(got.replies.len(), SENT, "every request read is answered");
+}
+
+#[test]
+fn pipelining_across_the_cap_loses_no_request_silently() {
+    const CAP: usize = 100;
+    const SENT: usize = 400;
+    let server = start_with_request_cap(CAP as u32);
+    let mut member = Client::connect(&server, Transport::Tcp, 1, "pipe", "pipe://1", ACCEPTS);
+    server.wait_json("/goim/online/total", "member counted", |d| {
+        d["conn_count"] == 1
+    });
+
+    let mut s = TcpStream::connect(server.http).unwrap();
+    let mut writer = s.try_clone().unwrap();
+    // Keep sending while replies come back, in several writes, as a
+    // pipelining pusher does; the writes after the close may fail.
+    let sender = std::thread::spawn(move || {
+        for batch in (0..SENT).collect::<Vec<_>>().chunks(50) {
+            let bytes: Vec<u8> = batch.iter().copied().flat_map(push_request).collect();
+            if writer.write_all(&bytes).is_err() {
+                break;
+            }
+        }
+    });
+    let got = read_replies(&mut s, SENT + 1, Duration::from_secs(30)).unwrap();
+    sender.join().unwrap();
+    assert_answered_then_closed(&got, CAP);
+    let answered = got.replies.len();
+
+    // Every push the server handled was answered, and every answered push
+    // reached the room's member, in order; nothing past them was handled.
+    assert_eq!(
+        server.metric("corecast_http_requests_total", &["route=\"push_room\""]),
+        answered as f64,
+        "pushes handled vs replies received"
+    );
+    let last = format!("p{}", answered - 1);
+    let pushes = member.pushes_until(last.as_bytes(), Duration::from_secs(10));
+    let expected: Vec<(u32, String)> = (0..answered).map(|i| (1000, format!("p{i}"))).collect();
+    assert_eq!(pushes, expected);
+    member.expect_silence(Duration::from_millis(200));
 }

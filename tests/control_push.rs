@@ -1,11 +1,10 @@
 //! Pushes through the goim HTTP API reach exactly the connections they
 //! target, across several shards, over both WebSocket and TCP, in order.
 
-mod control_support;
-
 use std::time::Duration;
 
-use control_support::{Client, Server, Transport};
+use corecast_testkit::client::{GoimClient as Client, Transport};
+use corecast_testkit::server::Server;
 
 const ACCEPTS: &[u32] = &[1000, 1001, 1002, 1003];
 const WAIT: Duration = Duration::from_secs(10);
@@ -17,8 +16,12 @@ struct Member {
     room: &'static str,
 }
 
+fn start(shards: usize) -> Server {
+    Server::start_insecure(env!("CARGO_BIN_EXE_corecast"), shards)
+}
+
 fn post(server: &Server, path: &str, body: &str) {
-    let r = server.http("POST", path, body.as_bytes());
+    let r = server.request("POST", path, body.as_bytes());
     assert_eq!(r.status, 200, "POST {path}: {}", r.text());
     assert_eq!(
         r.json(),
@@ -46,7 +49,7 @@ fn conns_per_shard(server: &Server, shards: usize) -> Vec<f64> {
 fn room_key_mid_and_all_pushes_reach_exactly_their_targets() {
     const SHARDS: usize = 3;
     const CLIENTS: usize = 24;
-    let server = Server::start(SHARDS, &[]);
+    let server = start(SHARDS);
     let rooms = ["test://a", "test://b", "live://a"];
     let mut members: Vec<Member> = (0..CLIENTS)
         .map(|i| {
@@ -149,9 +152,13 @@ fn room_key_mid_and_all_pushes_reach_exactly_their_targets() {
             .collect();
         let got = m.client.pushes_until(b"end", WAIT);
         assert_eq!(
-            got, expected,
+            got,
+            expected,
             "client {} ({:?}, mid {}, {})",
-            m.key, m.client.transport, m.mid, m.room
+            m.key,
+            m.client.transport(),
+            m.mid,
+            m.room
         );
     }
     // Nothing else trails behind the marker.
@@ -163,7 +170,7 @@ fn room_key_mid_and_all_pushes_reach_exactly_their_targets() {
 #[test]
 fn room_order_is_preserved_per_client_across_shards() {
     const MESSAGES: usize = 300;
-    let server = Server::start(3, &[]);
+    let server = start(3);
     let mut clients: Vec<Client> = (0..9)
         .map(|i| {
             let t = if i % 2 == 0 {
@@ -190,9 +197,10 @@ fn room_order_is_preserved_per_client_across_shards() {
     for c in &mut clients {
         let got = c.pushes_until(format!("m{}", MESSAGES - 1).as_bytes(), WAIT);
         assert_eq!(
-            got, expected,
+            got,
+            expected,
             "{:?} client saw pushes out of order or missing",
-            c.transport
+            c.transport()
         );
     }
     let mut outsider = outsider;
@@ -201,7 +209,7 @@ fn room_order_is_preserved_per_client_across_shards() {
 
 #[test]
 fn paced_broadcast_reaches_everyone() {
-    let server = Server::start(3, &[]);
+    let server = start(3);
     let mut clients: Vec<Client> = (0..6)
         .map(|i| {
             let t = if i % 2 == 0 {

@@ -7,7 +7,9 @@
 //! - [`TcpClient`] / [`WsClient`]: blocking goim clients built on
 //!   `corecast-protocol` (auth, heartbeats, op-9 unpacking, raw frames for
 //!   bad-input tests).
-//! - [`http`]: a minimal HTTP/1.1 client for the control API and metrics.
+//! - [`http`]: one control API request, status and body (the whole reply:
+//!   [`crate::http`]); [`Server::request`], [`Server::wait_json`] and
+//!   [`Server::metric`] for the control API and metrics.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -16,6 +18,8 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+
+use crate::http::HttpReply;
 use corecast_protocol::packet::{encode_packet_to_vec, parse_packet, raw_packets, Packet};
 use corecast_protocol::ws::frame::{encode_client_frame, Message, MessageDecoder, Opcode};
 use corecast_protocol::ws::handshake::{
@@ -61,6 +65,16 @@ impl ServerBuilder {
     pub fn args<I: IntoIterator<Item = S>, S: Into<String>>(mut self, a: I) -> Self {
         self.args.extend(a.into_iter().map(Into::into));
         self
+    }
+
+    /// `--shards n`.
+    pub fn shards(self, n: usize) -> Self {
+        self.args(["--shards".to_string(), n.to_string()])
+    }
+
+    /// `--auth-mode insecure`: op 7 is taken at its word (mid, key, room).
+    pub fn insecure_auth(self) -> Self {
+        self.args(["--auth-mode", "insecure"])
     }
 
     /// Sets an environment variable for the server.
@@ -147,6 +161,16 @@ impl Server {
         }
     }
 
+    /// `corecast serve` with `shards` shards and insecure auth; panics (with
+    /// the reason) when it does not become ready.
+    pub fn start_insecure(bin: impl AsRef<Path>, shards: usize) -> Server {
+        Server::builder(bin)
+            .shards(shards)
+            .insecure_auth()
+            .start()
+            .unwrap_or_else(|e| panic!("start corecast: {e:#}"))
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -226,6 +250,47 @@ impl Server {
         }
     }
 
+    /// One request to the HTTP API on a fresh connection; panics when the
+    /// server does not answer with a well-formed reply.
+    pub fn request(&self, method: &str, path: &str, body: &[u8]) -> HttpReply {
+        crate::http::request(self.http, method, path, body, "")
+            .unwrap_or_else(|e| panic!("{e:#}; server log:\n{}", self.log_text()))
+    }
+
+    /// Polls `GET path` until `pred` holds on the `data` of its goim reply
+    /// (shard reports are periodic, so counts converge rather than change
+    /// at once); panics naming `what` after 10 s.
+    pub fn wait_json(
+        &self,
+        path: &str,
+        what: &str,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = self.request("GET", path, b"");
+            assert_eq!(r.status, 200, "{path}: {}", r.text());
+            let v = r.json();
+            assert_eq!(v["code"], 0, "{path}: {v}");
+            if pred(&v["data"]) {
+                return v["data"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {path} still answers {v}"
+            );
+            std::thread::sleep(Duration::from_millis(30));
+        }
+    }
+
+    /// Sum of the samples of metric `family` (exact name) carrying every
+    /// label in `labels`, from a fresh `GET /metrics`.
+    pub fn metric(&self, family: &str, labels: &[&str]) -> f64 {
+        let r = self.request("GET", "/metrics", b"");
+        assert_eq!(r.status, 200, "/metrics: {}", r.text());
+        crate::http::metric_family_sum(&r.text(), family, labels)
+    }
+
     /// `POST /goim/push/room?operation=&type=&room=` with `body`.
     pub fn push_room(&self, room_type: &str, room: &str, op: u32, body: &[u8]) -> Result<()> {
         self.push(
@@ -272,29 +337,11 @@ impl Drop for Server {
     }
 }
 
-/// One HTTP/1.1 request with `Connection: close`; returns status and body.
+/// One HTTP/1.1 request with `Connection: close`; returns status and body
+/// (see [`crate::http`] for the whole reply).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
-    s.set_read_timeout(Some(READ_TIMEOUT))?;
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
-    s.write_all(body)?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp)?;
-    let text = String::from_utf8_lossy(&resp).into_owned();
-    let status = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("bad HTTP response {text:?}"))?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    Ok((status, body))
+    let r = crate::http::request(addr, method, path, body, "")?;
+    Ok((r.status, r.text()))
 }
 
 /// An op-7 body: `{"mid":…,"key":…,"room_id":…,"accepts":[…],"token":…}`.
