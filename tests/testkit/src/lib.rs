@@ -2,10 +2,10 @@
 //!
 //! - `kafka`: fetches Apache Kafka from Maven Central (cached under `target/`)
 //!   and runs one KRaft node on a free loopback port for the test run.
-//! - `server`: starts the real `corecast` binary on free ports and talks to it
-//!   over real sockets (goim clients per transport).
-//! - `client`: one goim client over either transport, for tests that run the
-//!   same steps over TCP and WebSocket.
+//! - `server`: starts the real `corecast` binary on free ports and calls its
+//!   HTTP API.
+//! - `client`: goim clients over real sockets: TCP, WebSocket, and either one
+//!   behind one face for tests that run the same steps over both.
 //! - `http`: a minimal HTTP/1.1 client for the control API (single requests,
 //!   pipelined replies, Prometheus samples).
 
