@@ -11,7 +11,9 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::fanout::{Push, PushTarget, RoomCounts, SendError, ShardLink, ShardMsg, ShardReport};
+use crate::fanout::{
+    Push, PushBatch, PushTarget, RoomCounts, SendError, ShardLink, ShardMsg, ShardReport,
+};
 
 use super::api::RoomTotals;
 use super::produce::KafkaPush;
@@ -294,6 +296,40 @@ impl ControlState {
         }
     }
 
+    /// Hands a batch of pushes (Kafka ingest) to every shard as one ring item
+    /// per shard, like [`dispatch`](Self::dispatch) does for one push.
+    pub async fn dispatch_batch(&self, batch: PushBatch) -> Result<(), DispatchError> {
+        if self.stopping.get() {
+            return Err(DispatchError {
+                shards: (0..self.shard_count()).collect(),
+                reason: "server is shutting down",
+            });
+        }
+        {
+            let mut c = self.counters.borrow_mut();
+            for p in batch.iter() {
+                c.pushes[kind_index(&p.target)] += 1;
+                c.push_body_bytes += (p.packet.len() - crate::fanout::PACKET_HEADER_LEN) as u64;
+            }
+        }
+        let mut failed = Vec::new();
+        let mut reason = "";
+        for shard in 0..self.shard_count() {
+            if let Err(e) = self.send_to(shard, ShardMsg::Pushes(batch.clone())).await {
+                failed.push(shard);
+                reason = e;
+            }
+        }
+        if failed.is_empty() {
+            Ok(())
+        } else {
+            Err(DispatchError {
+                shards: failed,
+                reason,
+            })
+        }
+    }
+
     /// goim's `speed` for broadcasts: after handing the message to a shard,
     /// wait as long as delivering to that shard's connections takes at
     /// `speed` messages per second, then go on to the next shard.
@@ -350,6 +386,11 @@ impl Dispatcher {
     /// Queues an already encoded push for every shard.
     pub async fn dispatch(&self, push: Push) -> Result<(), DispatchError> {
         self.state.dispatch(push).await
+    }
+
+    /// Queues a batch of encoded pushes for every shard (one ring item each).
+    pub async fn dispatch_batch(&self, batch: PushBatch) -> Result<(), DispatchError> {
+        self.state.dispatch_batch(batch).await
     }
 
     /// Number of shards fed.

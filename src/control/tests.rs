@@ -48,6 +48,16 @@ fn stand_in(mut inbox: ShardInbox, rooms: Vec<(&'static str, u32)>, conns: u32) 
                         seen.pushes
                             .push((p.target, p.op, p.packet.to_vec(), p.ws_frame.to_vec()))
                     }
+                    ShardMsg::Pushes(b) => {
+                        for p in b.iter() {
+                            seen.pushes.push((
+                                p.target.clone(),
+                                p.op,
+                                p.packet.to_vec(),
+                                p.ws_frame.to_vec(),
+                            ))
+                        }
+                    }
                     ShardMsg::RoomCounts(c) => {
                         let mut v: Vec<_> =
                             c.rooms.iter().map(|(k, n)| (k.to_string(), *n)).collect();

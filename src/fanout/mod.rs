@@ -13,7 +13,9 @@
 //! * The control side owns one [`ShardLink`] per shard (it is `Send`, not
 //!   `Clone`: one producer per ring). Pushes are encoded once on the control
 //!   core ([`Push::new`]) and fanned out to every shard by cloning the
-//!   [`Push`] (`Bytes` and `Arc` clones only).
+//!   [`Push`] (`Bytes` and `Arc` clones only). Kafka ingest encodes the
+//!   pushes of a fetch into one buffer ([`PushBatchBuilder`]) and sends each
+//!   shard one [`ShardMsg::Pushes`] per batch.
 //! * The shard owns its [`ShardInbox`]; it drains the ring every loop turn
 //!   and reports every `report_interval` (see the config).
 //!
@@ -36,10 +38,12 @@
 //! threads; an async caller should retry `try_send` on its own timer instead).
 //! Nothing is dropped silently by this module.
 
+mod batch;
 pub mod encode;
 mod report;
 mod waker;
 
+pub use batch::{PushBatch, PushBatchBuilder};
 pub use encode::{
     encode_packet, encode_ws_binary_header, put_packet, ws_container_frame, PACKET_HEADER_LEN,
 };
@@ -113,6 +117,9 @@ pub struct RoomCounts {
 pub enum ShardMsg {
     /// Deliver a push to the matching connections of this shard.
     Push(Push),
+    /// Deliver these pushes, in order (Kafka ingest: one ring item per
+    /// fetched batch instead of one per record).
+    Pushes(PushBatch),
     /// Latest node-wide online counts (replaces the previous snapshot).
     RoomCounts(Arc<RoomCounts>),
     /// Stop accepting, say goodbye to every client (op 6 / WS close 1001),

@@ -236,13 +236,11 @@ fn decompress(codec: Codec, mut data: Bytes) -> Result<Bytes, BatchError> {
     out.map_err(|e| BatchError::Decompress(format!("{codec:?}: {e:#}")))
 }
 
-/// One record of a batch: offsets into the batch's (decompressed) records
-/// buffer, which it shares. Accessors slice it without copying.
-#[derive(Debug, Clone)]
-pub struct RawRecord {
-    pub offset: i64,
-    pub timestamp: i64,
-    buf: Bytes,
+/// Where a record's parts lie in its batch's records buffer.
+#[derive(Debug, Clone, Copy)]
+struct Layout {
+    offset: i64,
+    timestamp: i64,
     key: Option<(u32, u32)>,
     value: Option<(u32, u32)>,
     /// Start of the encoded headers (their count already read); they run to
@@ -251,25 +249,18 @@ pub struct RawRecord {
     header_count: u32,
 }
 
-impl RawRecord {
-    pub fn key(&self) -> Option<&[u8]> {
-        self.key.map(|(s, e)| &self.buf[s as usize..e as usize])
+impl Layout {
+    fn key<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        self.key.map(|(s, e)| &buf[s as usize..e as usize])
     }
 
-    /// The value as a zero-copy slice of the fetch buffer.
-    pub fn value(&self) -> Option<Bytes> {
-        self.value
-            .map(|(s, e)| self.buf.slice(s as usize..e as usize))
+    fn value<'a>(&self, buf: &'a [u8]) -> Option<&'a [u8]> {
+        self.value.map(|(s, e)| &buf[s as usize..e as usize])
     }
 
-    pub fn value_bytes(&self) -> Option<&[u8]> {
-        self.value.map(|(s, e)| &self.buf[s as usize..e as usize])
-    }
-
-    /// Value of the first header named `name` (`Some(None)` for a null value).
-    pub fn header(&self, name: &[u8]) -> Option<Option<&[u8]>> {
+    fn header<'a>(&self, buf: &'a [u8], name: &[u8]) -> Option<Option<&'a [u8]>> {
         let mut cur = Cursor {
-            b: &self.buf[..self.headers.1 as usize],
+            b: &buf[..self.headers.1 as usize],
             pos: self.headers.0 as usize,
         };
         for _ in 0..self.header_count {
@@ -281,9 +272,80 @@ impl RawRecord {
         }
         None
     }
+}
+
+/// One record of a batch: offsets into the batch's (decompressed) records
+/// buffer, which it shares. Accessors slice it without copying.
+#[derive(Debug, Clone)]
+pub struct RawRecord {
+    pub offset: i64,
+    pub timestamp: i64,
+    buf: Bytes,
+    at: Layout,
+}
+
+impl RawRecord {
+    pub fn key(&self) -> Option<&[u8]> {
+        self.at.key(&self.buf)
+    }
+
+    /// The value as a zero-copy slice of the fetch buffer.
+    pub fn value(&self) -> Option<Bytes> {
+        self.at
+            .value
+            .map(|(s, e)| self.buf.slice(s as usize..e as usize))
+    }
+
+    pub fn value_bytes(&self) -> Option<&[u8]> {
+        self.at.value(&self.buf)
+    }
+
+    /// Value of the first header named `name` (`Some(None)` for a null value).
+    pub fn header(&self, name: &[u8]) -> Option<Option<&[u8]>> {
+        self.at.header(&self.buf, name)
+    }
 
     pub fn header_count(&self) -> u32 {
-        self.header_count
+        self.at.header_count
+    }
+
+    /// The same record, borrowed.
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            offset: self.offset,
+            timestamp: self.timestamp,
+            buf: &self.buf,
+            at: self.at,
+        }
+    }
+}
+
+/// A record borrowed from its batch's buffer ([`Records::next_ref`]): no
+/// reference counting per record, for the ingest hot path.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordRef<'a> {
+    pub offset: i64,
+    pub timestamp: i64,
+    buf: &'a [u8],
+    at: Layout,
+}
+
+impl<'a> RecordRef<'a> {
+    pub fn key(&self) -> Option<&'a [u8]> {
+        self.at.key(self.buf)
+    }
+
+    pub fn value(&self) -> Option<&'a [u8]> {
+        self.at.value(self.buf)
+    }
+
+    /// Value of the first header named `name` (`Some(None)` for a null value).
+    pub fn header(&self, name: &[u8]) -> Option<Option<&'a [u8]>> {
+        self.at.header(self.buf, name)
+    }
+
+    pub fn header_count(&self) -> u32 {
+        self.at.header_count
     }
 }
 
@@ -302,6 +364,31 @@ impl Iterator for Records {
     type Item = Result<RawRecord, BatchError>;
 
     fn next(&mut self) -> Option<Self::Item> {
+        let at = self.next_layout()?;
+        Some(at.map(|at| RawRecord {
+            offset: at.offset,
+            timestamp: at.timestamp,
+            buf: self.buf.clone(),
+            at,
+        }))
+    }
+}
+
+impl Records {
+    /// Like [`Iterator::next`], borrowing the record from the batch buffer.
+    #[inline]
+    pub fn next_ref(&mut self) -> Option<Result<RecordRef<'_>, BatchError>> {
+        let at = self.next_layout()?;
+        Some(at.map(|at| RecordRef {
+            offset: at.offset,
+            timestamp: at.timestamp,
+            buf: &self.buf,
+            at,
+        }))
+    }
+
+    #[inline]
+    fn next_layout(&mut self) -> Option<Result<Layout, BatchError>> {
         if self.left == 0 {
             return None;
         }
@@ -312,10 +399,9 @@ impl Iterator for Records {
         }
         Some(r)
     }
-}
 
-impl Records {
-    fn parse_one(&mut self) -> Result<RawRecord, BatchError> {
+    #[inline]
+    fn parse_one(&mut self) -> Result<Layout, BatchError> {
         if self.buf.len() > u32::MAX as usize {
             return Err(BatchError::Record("batch too large"));
         }
@@ -347,10 +433,9 @@ impl Records {
         let headers = (r.pos as u32, end as u32);
         self.pos = end;
         let narrow = |x: Option<(usize, usize)>| x.map(|(s, e)| (s as u32, e as u32));
-        Ok(RawRecord {
+        Ok(Layout {
             offset: self.base_offset + offset_delta,
             timestamp: self.base_timestamp.wrapping_add(ts_delta),
-            buf: self.buf.clone(),
             key: narrow(key),
             value: narrow(value),
             headers,

@@ -6,7 +6,8 @@
 //! NOT_LEADER, unknown topic, …) or when metadata is due for a refresh; the
 //! loop then backs off (doubling, logged) and starts a new session.
 //! Offsets live in a table outside the sessions and advance only after a
-//! record was handed to the sink, so a new session resumes at the next
+//! record's push was handed to the sink (records are encoded into batches
+//! of up to `FLUSH_AT` pushes, one hand-off each), so a new session resumes at the next
 //! undelivered record: nothing the broker still retains is skipped, nothing
 //! is delivered twice within a process.
 //!
@@ -31,8 +32,9 @@ use kafka_protocol::messages::{
 };
 use kafka_protocol::protocol::StrBytes;
 
-use super::batch::{next_offset_after, Batches};
+use super::batch::{next_offset_after, Batches, Records};
 use super::conn::BrokerConn;
+use super::route::{Route, Stop, FLUSH_AT};
 use super::{Backoff, IngestError, IngestStats, KafkaConfig, PushSink, RateLimit, StartFrom};
 
 /// Kafka error codes the consumer reacts to.
@@ -221,6 +223,7 @@ async fn session<S: PushSink + 'static>(
             refresh_at,
             progressed: progressed.clone(),
             malformed_log: RateLimit::new(Duration::from_secs(1)),
+            route: RefCell::new(Route::default()),
         };
         let first_error = first_error.clone();
         tasks.push(glommio::spawn_local(async move {
@@ -254,6 +257,7 @@ struct FetchCtx<S> {
     refresh_at: Instant,
     progressed: Rc<Cell<bool>>,
     malformed_log: RateLimit,
+    route: RefCell<Route>,
 }
 
 impl<S> FetchCtx<S> {
@@ -494,8 +498,9 @@ async fn reset_out_of_range<S>(
     Ok(())
 }
 
-/// Decodes one partition's records and hands the pushes to the sink,
-/// advancing the partition's offset after each.
+/// Decodes one partition's records into batches of encoded pushes and hands
+/// each to the sink; the partition's offset advances after each hand-off
+/// (past the records the batch holds and any skipped before them).
 async fn deliver_partition<S: PushSink>(ctx: &FetchCtx<S>, partition: i32, records: Bytes) {
     let Some(mut cur) = ctx.table.borrow().offsets.get(&partition).copied() else {
         return;
@@ -506,7 +511,6 @@ async fn deliver_partition<S: PushSink>(ctx: &FetchCtx<S>, partition: i32, recor
             Err(skipped) => {
                 count_bad_batch(ctx, partition, skipped.base_offset, &skipped.error);
                 cur = cur.max(skipped.base_offset + 1);
-                ctx.set_offset(partition, cur);
                 continue;
             }
         };
@@ -515,43 +519,70 @@ async fn deliver_partition<S: PushSink>(ctx: &FetchCtx<S>, partition: i32, recor
             continue;
         }
         if !batch.header.is_control() {
-            let recs = batch.verify_crc().and_then(|()| batch.records());
-            match recs {
+            match batch.verify_crc().and_then(|()| batch.records()) {
                 Err(e) => count_bad_batch(ctx, partition, batch.header.base_offset, &e),
-                Ok(recs) => {
-                    for rec in recs {
-                        let rec = match rec {
-                            Ok(r) => r,
-                            Err(e) => {
-                                count_bad_batch(ctx, partition, batch.header.base_offset, &e);
-                                break;
-                            }
-                        };
-                        if rec.offset < cur {
-                            continue;
-                        }
-                        match ctx.cfg.format.decode(&rec) {
-                            Ok(push) => {
-                                ctx.sink.deliver(push).await;
-                                ctx.stats.records.set(ctx.stats.records.get() + 1);
-                            }
-                            Err(e) => {
-                                ctx.stats.malformed.set(ctx.stats.malformed.get() + 1);
-                                if let Some(held) = ctx.malformed_log.allow() {
-                                    tracing::warn!(topic = %ctx.cfg.topic, partition, offset = rec.offset,
-                                        error = %e, similar_since_last = held, "malformed kafka record skipped");
-                                }
-                            }
-                        }
-                        cur = rec.offset + 1;
-                        ctx.set_offset(partition, cur);
+                Ok(mut recs) => loop {
+                    let more = encode_records(
+                        ctx,
+                        partition,
+                        batch.header.base_offset,
+                        &mut recs,
+                        &mut cur,
+                    );
+                    if !more {
+                        break;
                     }
-                }
+                    flush(ctx, partition, cur).await;
+                },
             }
         }
         cur = cur.max(last + 1);
-        ctx.set_offset(partition, cur);
     }
+    flush(ctx, partition, cur).await;
+}
+
+/// Encodes records into the pending batch until it is full (`true`: call
+/// again after a flush) or the batch's records end (`false`).
+fn encode_records<S>(
+    ctx: &FetchCtx<S>,
+    partition: i32,
+    base_offset: i64,
+    recs: &mut Records,
+    cur: &mut i64,
+) -> bool {
+    let stop = ctx
+        .route
+        .borrow_mut()
+        .encode(ctx.cfg.format, recs, cur, FLUSH_AT, |offset, e| {
+            ctx.stats.malformed.set(ctx.stats.malformed.get() + 1);
+            if let Some(held) = ctx.malformed_log.allow() {
+                tracing::warn!(topic = %ctx.cfg.topic, partition, offset,
+                    error = %e, similar_since_last = held, "malformed kafka record skipped");
+            }
+        });
+    match stop {
+        Stop::Full => true,
+        Stop::End => false,
+        Stop::Bad(e) => {
+            count_bad_batch(ctx, partition, base_offset, &e);
+            false
+        }
+    }
+}
+
+/// Hands the pending batch (if any) to the sink, then records `cur` as the
+/// partition's next offset.
+async fn flush<S: PushSink>(ctx: &FetchCtx<S>, partition: i32, cur: i64) {
+    let batch = {
+        let mut route = ctx.route.borrow_mut();
+        (!route.builder.is_empty()).then(|| route.builder.finish())
+    };
+    if let Some(batch) = batch {
+        let n = batch.len() as u64;
+        ctx.sink.deliver_batch(batch).await;
+        ctx.stats.records.set(ctx.stats.records.get() + n);
+    }
+    ctx.set_offset(partition, cur);
 }
 
 fn count_bad_batch<S>(

@@ -17,7 +17,7 @@ use kafka_protocol::records::{
     Compression, Record, RecordBatchEncoder, RecordEncodeOptions, TimestampType,
 };
 
-use super::batch::RawRecord;
+use super::batch::{RawRecord, RecordRef};
 use crate::fanout::PushTarget;
 
 /// goim's default application op when a record names none.
@@ -71,12 +71,90 @@ pub enum FormatError {
     PushType(u64),
 }
 
+/// A record decoded into a push whose body is borrowed from the fetch
+/// buffer (the ingest hot path copies it straight into the encoded push).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushRef<'a> {
+    pub target: PushTarget,
+    pub op: u32,
+    pub body: &'a [u8],
+}
+
 impl RecordFormat {
     pub fn decode(self, rec: &RawRecord) -> Result<DecodedPush, FormatError> {
         match self {
             RecordFormat::Native => decode_native(rec),
             RecordFormat::Goim => decode_goim(&rec.value().ok_or(FormatError::NoValue)?),
         }
+    }
+
+    /// Decodes a borrowed record; native targets come from `targets` (parsed
+    /// once per distinct key, then shared).
+    #[inline]
+    pub fn decode_ref<'a>(
+        self,
+        rec: &RecordRef<'a>,
+        targets: &mut TargetCache,
+    ) -> Result<PushRef<'a>, FormatError> {
+        match self {
+            RecordFormat::Native => Ok(PushRef {
+                target: targets.get(rec.key().ok_or(FormatError::NoKey)?)?,
+                op: match rec.header(b"op") {
+                    None => DEFAULT_OP,
+                    Some(v) => parse_op(v.ok_or(FormatError::BadOp)?)?,
+                },
+                body: rec.value().unwrap_or_default(),
+            }),
+            RecordFormat::Goim => decode_goim_ref(rec.value().ok_or(FormatError::NoValue)?),
+        }
+    }
+}
+
+/// Native key → parsed target, so that a key seen again costs a hash lookup
+/// and a reference-count bump instead of parsing and allocating its target.
+/// Bounded: emptied when full (keys are typically a working set of rooms
+/// and users).
+#[derive(Debug)]
+pub struct TargetCache {
+    map: ahash::AHashMap<Box<[u8]>, PushTarget>,
+    cap: usize,
+}
+
+impl Default for TargetCache {
+    fn default() -> Self {
+        Self::with_capacity(16_384)
+    }
+}
+
+impl TargetCache {
+    /// A cache holding at most `cap` keys.
+    pub fn with_capacity(cap: usize) -> Self {
+        TargetCache {
+            map: ahash::AHashMap::default(),
+            cap: cap.max(1),
+        }
+    }
+
+    /// The target of native key `key` (see [`parse_target`]).
+    #[inline]
+    pub fn get(&mut self, key: &[u8]) -> Result<PushTarget, FormatError> {
+        if let Some(t) = self.map.get(key) {
+            return Ok(t.clone());
+        }
+        let t = parse_target(key)?;
+        if self.map.len() >= self.cap {
+            self.map.clear();
+        }
+        self.map.insert(key.into(), t.clone());
+        Ok(t)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
     }
 }
 
@@ -139,7 +217,21 @@ const BROADCAST: u64 = 2;
 /// room=5, keys=6 (repeated), msg=7 }`. Unknown fields are skipped, as
 /// protobuf requires.
 pub fn decode_goim(value: &Bytes) -> Result<DecodedPush, FormatError> {
-    let mut buf = value.clone();
+    let p = decode_goim_ref(value)?;
+    Ok(DecodedPush {
+        target: p.target,
+        op: p.op,
+        body: if p.body.is_empty() {
+            Bytes::new()
+        } else {
+            value.slice_ref(p.body)
+        },
+    })
+}
+
+/// [`decode_goim`] with the body borrowed from `value`.
+pub fn decode_goim_ref(value: &[u8]) -> Result<PushRef<'_>, FormatError> {
+    let mut buf = value;
     let (mut kind, mut op, mut room, mut keys, mut msg) = (PUSH, 0u32, None, Vec::new(), None);
     while buf.has_remaining() {
         let tag = pb_varint(&mut buf)?;
@@ -147,8 +239,8 @@ pub fn decode_goim(value: &Bytes) -> Result<DecodedPush, FormatError> {
         match (field, wire) {
             (1, 0) => kind = pb_varint(&mut buf)?,
             (2, 0) => op = pb_varint(&mut buf)? as u32,
-            (5, 2) => room = Some(pb_string(&mut buf)?),
-            (6, 2) => keys.push(Box::<str>::from(pb_string(&mut buf)?)),
+            (5, 2) => room = Some(pb_str(&mut buf)?),
+            (6, 2) => keys.push(Box::<str>::from(pb_str(&mut buf)?)),
             (7, 2) => msg = Some(pb_len(&mut buf)?),
             (_, 0) => {
                 pb_varint(&mut buf)?;
@@ -167,14 +259,14 @@ pub fn decode_goim(value: &Bytes) -> Result<DecodedPush, FormatError> {
         BROADCAST => PushTarget::All,
         other => return Err(FormatError::PushType(other)),
     };
-    Ok(DecodedPush {
+    Ok(PushRef {
         target,
         op,
         body: msg.unwrap_or_default(),
     })
 }
 
-fn pb_varint(buf: &mut Bytes) -> Result<u64, FormatError> {
+fn pb_varint(buf: &mut &[u8]) -> Result<u64, FormatError> {
     let mut v = 0u64;
     for shift in (0..64).step_by(7) {
         if !buf.has_remaining() {
@@ -189,20 +281,22 @@ fn pb_varint(buf: &mut Bytes) -> Result<u64, FormatError> {
     Err(FormatError::Protobuf("varint too long"))
 }
 
-fn pb_len(buf: &mut Bytes) -> Result<Bytes, FormatError> {
+fn pb_len<'a>(buf: &mut &'a [u8]) -> Result<&'a [u8], FormatError> {
     let n = pb_varint(buf)? as usize;
-    if buf.remaining() < n {
+    if buf.len() < n {
         return Err(FormatError::Protobuf("truncated field"));
     }
-    Ok(buf.split_to(n))
+    let (field, rest) = buf.split_at(n);
+    *buf = rest;
+    Ok(field)
 }
 
-fn pb_string(buf: &mut Bytes) -> Result<String, FormatError> {
-    String::from_utf8(pb_len(buf)?.to_vec()).map_err(|_| FormatError::Protobuf("bad UTF-8"))
+fn pb_str<'a>(buf: &mut &'a [u8]) -> Result<&'a str, FormatError> {
+    std::str::from_utf8(pb_len(buf)?).map_err(|_| FormatError::Protobuf("bad UTF-8"))
 }
 
-fn skip(buf: &mut Bytes, n: usize) -> Result<(), FormatError> {
-    if buf.remaining() < n {
+fn skip(buf: &mut &[u8], n: usize) -> Result<(), FormatError> {
+    if buf.len() < n {
         return Err(FormatError::Protobuf("truncated field"));
     }
     buf.advance(n);

@@ -7,21 +7,24 @@
 //! - [`wire`]: request framing, correlation ids, response decoding;
 //! - [`versions`]: API version negotiation;
 //! - [`batch`]: record batch v2 decoding, gzip/snappy/lz4/zstd;
-//! - [`format`]: the `native` and `goim` record formats.
+//! - [`format`]: the `native` and `goim` record formats;
+//! - [`route`]: records → pushes encoded into one buffer per batch.
 //!
 //! I/O on the glommio executor: [`conn`] (one broker connection),
 //! [`consumer`] (bootstrap, Metadata, ListOffsets, pipelined Fetch per
 //! leader, recovery), [`producer`] (Produce with configurable acks).
 //!
-//! The consumer hands each decoded push to a [`PushSink`]; the control
-//! core's [`Dispatcher`](crate::control::Dispatcher) is one (encode once,
-//! clone into every shard ring), tests use a channel.
+//! The consumer encodes the pushes of each fetched partition's records into
+//! one buffer and hands them as a batch to a [`PushSink`]; the control
+//! core's [`Dispatcher`](crate::control::Dispatcher) is one (one ring item
+//! per shard per batch), tests use a channel.
 
 pub mod batch;
 pub mod conn;
 pub mod consumer;
 pub mod format;
 pub mod producer;
+pub mod route;
 pub mod versions;
 pub mod wire;
 
@@ -33,7 +36,11 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 pub use consumer::run_consumer;
-pub use format::{DecodedPush, FormatError, OutRecord, RecordFormat};
+pub use format::{DecodedPush, FormatError, OutRecord, PushRef, RecordFormat, TargetCache};
+
+use crate::fanout::PushBatch;
+#[cfg(doc)]
+use crate::fanout::PushBatchBuilder;
 pub use producer::Producer;
 
 /// `[kafka]` configuration. No brokers = embedded mode (no Kafka at all).
@@ -149,15 +156,42 @@ pub enum IngestError {
 }
 
 /// Where decoded pushes go.
+///
+/// The consumer encodes the pushes of each fetched partition's records into
+/// one [`PushBatch`] (one buffer, see [`PushBatchBuilder`]) and hands it to
+/// [`deliver_batch`](Self::deliver_batch); sinks that want one push at a
+/// time implement only [`deliver`](Self::deliver).
 pub trait PushSink {
     /// Delivers one push; may wait (backpressure stops fetching meanwhile).
     fn deliver(&self, push: DecodedPush) -> impl Future<Output = ()>;
+
+    /// Delivers encoded pushes in order; by default one by one through
+    /// [`deliver`](Self::deliver) (body = the packet after its header).
+    fn deliver_batch(&self, batch: PushBatch) -> impl Future<Output = ()> {
+        async move {
+            for p in batch.iter() {
+                self.deliver(DecodedPush {
+                    target: p.target.clone(),
+                    op: p.op,
+                    body: p.packet.slice(crate::fanout::PACKET_HEADER_LEN..),
+                })
+                .await;
+            }
+        }
+    }
 }
 
 impl PushSink for crate::control::Dispatcher {
     async fn deliver(&self, p: DecodedPush) {
         if let Err(e) = self.push(p.target, p.op, &p.body).await {
             tracing::warn!(error = %e, "kafka push not delivered to every shard");
+        }
+    }
+
+    async fn deliver_batch(&self, batch: PushBatch) {
+        let n = batch.len();
+        if let Err(e) = self.dispatch_batch(batch).await {
+            tracing::warn!(error = %e, pushes = n, "kafka pushes not delivered to every shard");
         }
     }
 }

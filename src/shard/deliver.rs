@@ -133,6 +133,13 @@ impl Shard {
                     }
                 }
             }
+            // Kafka ingest: one ring item per fetched batch; each push takes
+            // the single-push path, in order (clones are refcount bumps).
+            ShardMsg::Pushes(batch) => {
+                for p in batch.iter() {
+                    self.on_msg(ShardMsg::Push(p.clone()));
+                }
+            }
             ShardMsg::RoomCounts(rc) => self.room_counts = Some(rc),
             ShardMsg::Shutdown => self.inbox.waker().request_shutdown(),
         }
