@@ -239,6 +239,8 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         inflight: 1024,
         room_size: 100,
         timeout_secs: 120.0,
+        pipeline_auth: true,
+        ack_with_request: true,
         json: None,
     };
     step(

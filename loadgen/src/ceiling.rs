@@ -57,6 +57,11 @@ pub struct CeilingReport {
     pub connects: u64,
     pub connect_failures: u64,
     pub connects_per_sec: f64,
+    /// CPU time of the connecting thread per connect (µs): comparable with
+    /// the `conns` scenario's loadgen CPU per connection on a busy box,
+    /// where rates move with the other load but costs much less.
+    #[serde(default)]
+    pub client_cpu_us_per_connect: f64,
     pub msg_size: usize,
     pub send_conns: u32,
     pub sends_per_sec: f64,
@@ -219,11 +224,14 @@ fn sender(args: &CeilingArgs, port: u16, counters: &ReceiverCounters) -> Result<
     let mut connect_time = Duration::ZERO;
     let mut remaining = args.connects;
     let mut opened = 0u64;
+    let mut connect_cpu_ns = 0u64;
     while remaining > 0 {
         let n = remaining.min(args.round);
         let accepted_before = counters.accepted.load(Ordering::Acquire);
         let t0 = Instant::now();
+        let cpu0 = uring::thread_cpu_ns();
         let (ok, failed) = s.connect_batch(n, args.inflight)?;
+        connect_cpu_ns += uring::thread_cpu_ns() - cpu0;
         while counters.accepted.load(Ordering::Acquire) < accepted_before + ok {
             if t0.elapsed() > Duration::from_secs(10) {
                 bail!("receiver accepted fewer connections than the sender connected");
@@ -242,6 +250,7 @@ fn sender(args: &CeilingArgs, port: u16, counters: &ReceiverCounters) -> Result<
         remaining -= n;
     }
     report.connects_per_sec = report.connects as f64 / connect_time.as_secs_f64().max(1e-9);
+    report.client_cpu_us_per_connect = connect_cpu_ns as f64 / 1e3 / report.connects.max(1) as f64;
 
     // Phases 2 and 3: one message per send, then `batch` messages per SendMsg.
     let k = args.send_conns;
@@ -427,6 +436,10 @@ impl CeilingReport {
         println!(
             "  connect + accept       {:>12.0} conns/s   ({} ok, {} failed)",
             self.connects_per_sec, self.connects, self.connect_failures
+        );
+        println!(
+            "  connecting thread CPU  {:>12.1} µs/connect",
+            self.client_cpu_us_per_connect
         );
         println!(
             "  sends, 1 msg/send      {:>12.0} sends/s   {:>8.1} MB/s  ({} B msgs, {} conns)",

@@ -32,14 +32,20 @@ pub enum State {
     Closed,
 }
 
+/// An owned send buffer. Boxed so a connection's slot for it costs 8 bytes
+/// (a `Vec` is 24), and a pooled buffer keeps its allocation across uses.
+#[allow(clippy::box_collection)]
+pub type SendBuf = Box<Vec<u8>>;
+
 /// One client connection. Its fixed-file slot is its index in the worker.
 pub struct Conn {
     /// Bytes of a frame/packet that straddled two receives; usually `None`.
     /// Boxed so the idle case costs 8 bytes instead of a 24-byte `Vec`.
     #[allow(clippy::box_collection)]
     pub spill: Option<Box<Vec<u8>>>,
-    /// A send buffer the kernel still reads (auth, pong); freed on completion.
-    pub pending: Option<Box<[u8]>>,
+    /// A send buffer the kernel still reads (upgrade + auth, pong); back to
+    /// the worker's pool on completion.
+    pub pending: Option<SendBuf>,
     /// Connect start, µs since the worker started (auth latency).
     pub started_us: u32,
     /// Last stamped sequence number seen.

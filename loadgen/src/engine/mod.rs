@@ -85,6 +85,13 @@ pub struct ClientPlan {
     pub churn_after: Option<Duration>,
     /// Connections on one source address before moving to the next.
     pub per_source_addr: u32,
+    /// WS: send the upgrade request and the op-7 frame in one send right
+    /// after the connect instead of waiting for the 101 (goim's clients wait).
+    /// TCP clients always send op 7 right after the connect.
+    pub pipeline_auth: bool,
+    /// Let the handshake's final ACK ride on the first request segment
+    /// (`uring::defer_ack_opt`) instead of a packet of its own.
+    pub ack_with_request: bool,
     /// Pin every worker thread to this CPU.
     pub cpu: Option<usize>,
     /// Size of each provided receive buffer. Small buffers suit many idle
@@ -115,6 +122,8 @@ impl ClientPlan {
             slow_share: 0.0,
             churn_after: None,
             per_source_addr: PER_SOURCE_ADDR,
+            pipeline_auth: false,
+            ack_with_request: false,
             cpu: None,
             recv_buffer_size: 2048,
             deadline: Instant::now() + run_for,

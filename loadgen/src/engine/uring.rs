@@ -290,8 +290,42 @@ pub fn mono_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// CPU time of the calling thread in nanoseconds (user + system, softirq
+/// work the kernel did while it ran included).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the provided timespec.
+    unsafe {
+        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+    }
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// Read by the kernel through the SetSockOpt SQE of every connect chain.
 static ONE: libc::c_int = 1;
+
+/// A SetSockOpt SQE (for a connect chain, before the connect) setting
+/// TCP_DEFER_ACCEPT on a client socket: Linux then holds back the
+/// handshake's final ACK (a delayed-ACK timer of up to 200 ms) so that it
+/// rides on the first data segment when the client sends at once, one packet
+/// less per connection. The server sees the same connection, its accept
+/// completing on the ACK + data segment. Only worth it when the first send is
+/// linked to the connect.
+pub fn defer_ack_opt(slot: u32, user_data: u64) -> squeue::Entry {
+    opcode::SetSockOpt::new(
+        types::Fixed(slot),
+        libc::IPPROTO_TCP as u32,
+        libc::TCP_DEFER_ACCEPT as u32,
+        (&ONE as *const libc::c_int).cast(),
+        std::mem::size_of::<libc::c_int>() as u32,
+    )
+    .build()
+    .flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS)
+    .user_data(user_data)
+}
 
 /// The linked SQEs that open a socket straight into fixed `slot`, set
 /// IP_BIND_ADDRESS_NO_PORT (the port is then picked at connect time from the

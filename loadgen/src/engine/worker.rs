@@ -1,25 +1,28 @@
 //! One engine worker: a thread, an io_uring with a sparse file table of up to
 //! `MAX_CONNS_PER_WORKER` slots, and the connections living in those slots.
 //!
-//! Life of a connection: socket → bind → connect (one linked chain into its
-//! fixed slot) → [WS upgrade] → op 7 → op 8 → reading (multishot receive on the
-//! shared buffer ring) with op-2 heartbeats → shutdown + close.
+//! Life of a connection: socket → bind → connect → first send (one linked
+//! chain into its fixed slot) → [WS upgrade → 101] → op 7 → op 8 → reading
+//! (multishot receive on the shared buffer ring) with op-2 heartbeats →
+//! shutdown + close. With `pipeline_auth` the first send carries the upgrade
+//! request and the op-7 frame together, so a WS client costs one request and
+//! one reply instead of two round trips.
 
 use std::collections::VecDeque;
+use std::io::Write as _;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use corecast_protocol::auth::AuthRequest;
-use corecast_protocol::packet::{encode_packet_to_vec, op};
+use corecast_protocol::packet::{encode_packet, encode_packet_to_vec, op};
 use corecast_protocol::ws::frame::{encode_client_frame, FrameDecoder, Opcode};
 use corecast_protocol::ws::handshake::{key_from_bytes, write_upgrade_request};
 use hdrhistogram::Histogram;
 use io_uring::{opcode, squeue, types};
 
 use super::addr::SourceAddrs;
-use super::conn::{Conn, State};
+use super::conn::{Conn, SendBuf, State};
 mod recv;
 
 use super::stats::{new_histogram, SharedHistograms, SharedTotals, Totals};
@@ -61,6 +64,11 @@ fn split(ud: u64) -> (u64, u16, u32) {
 const RECV_BUFFER_BYTES: usize = 2 << 20;
 /// After the close phase starts, give outstanding closes this long.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Owned send buffers kept for reuse (upgrade + auth, pongs): a connect costs
+/// no allocation once the pool is warm. Bounded by the connects in flight in
+/// practice; larger buffers (long tokens, big pongs) are not kept.
+const SEND_POOL_MAX: usize = 4096;
+const SEND_POOL_BUF_MAX: usize = 4096;
 
 pub(crate) fn run(spec: WorkerSpec) -> Result<String> {
     if let Some(cpu) = spec.plan.cpu {
@@ -81,6 +89,13 @@ struct Worker {
     dst: Box<libc::sockaddr_in>,
     ws_key: String,
     upgrade_request: Box<[u8]>,
+    /// `"<room_type>://` as a JSON string without its closing quote (the room
+    /// number and quote are appended per connection).
+    room_prefix_json: Box<[u8]>,
+    send_pool: Vec<SendBuf>,
+    /// Scratch for building one auth packet.
+    auth_json: Vec<u8>,
+    auth_packet: Vec<u8>,
     heartbeat: Box<[u8]>,
     mask_key: [u8; 4],
     decoder: FrameDecoder,
@@ -135,6 +150,9 @@ impl Worker {
         // The second octet spreads workers over different address blocks.
         let sources = SourceAddrs::new(1 + (spec.index % 200) as u8, plan.per_source_addr);
         let conns = (0..spec.conns).map(|_| Conn::new()).collect();
+        let mut room_prefix_json =
+            serde_json::to_vec(&format!("{}://", plan.room_type)).expect("a string serializes");
+        room_prefix_json.pop();
         Ok(Self {
             ring,
             bufs,
@@ -143,6 +161,10 @@ impl Worker {
             dst: Box::new(uring::sockaddr_v4(*plan.server.ip(), plan.server.port())),
             ws_key,
             upgrade_request: upgrade.into_boxed_slice(),
+            room_prefix_json: room_prefix_json.into_boxed_slice(),
+            send_pool: Vec::new(),
+            auth_json: Vec::with_capacity(256),
+            auth_packet: Vec::with_capacity(256),
             heartbeat: heartbeat.into_boxed_slice(),
             mask_key,
             decoder: FrameDecoder::client(super::conn::MAX_SERVER_PACKET),
@@ -260,18 +282,31 @@ impl Worker {
         c.last_seq = 0;
         c.spill = None;
         let gen = c.gen;
+        let first_send = self.first_send(idx);
         let src = self.sources.next();
         // SAFETY (of the pointers inside the chain): `src` lives in the
-        // SourceAddrs table (reused only thousands of connects later) and
-        // `dst` in a Box owned by this worker.
-        let chain = connect_chain(
+        // SourceAddrs table (reused only thousands of connects later), `dst`
+        // in a Box owned by this worker, the first send's bytes in the
+        // worker (static) or in the connection's pending buffer (owned),
+        // which is released only by that send's completion.
+        let [socket, opt, bind, connect] = connect_chain(
             idx,
             src,
             &self.dst,
             ud(K_CHAIN, gen, idx),
             ud(K_CONNECT, gen, idx),
         );
-        self.ring.push_chain(&chain)?;
+        // The first request goes out as soon as the connect completes,
+        // without a loop turn in between; a failed connect cancels it.
+        let connect = connect.flags(squeue::Flags::IO_LINK);
+        if self.spec.plan.ack_with_request {
+            let defer = uring::defer_ack_opt(idx, ud(K_CHAIN, gen, idx));
+            self.ring
+                .push_chain(&[socket, opt, defer, bind, connect, first_send])?;
+        } else {
+            self.ring
+                .push_chain(&[socket, opt, bind, connect, first_send])?;
+        }
         self.inflight_connects += 1;
         self.open += 1;
         self.totals.connects_started += 1;
@@ -369,23 +404,58 @@ impl Worker {
         Ok(self.ring.push(&e)?)
     }
 
-    fn send_static(&mut self, idx: u32, data: *const u8, len: usize) -> Result<()> {
+    /// A send buffer from the pool (empty).
+    pub(super) fn send_buf(&mut self) -> SendBuf {
+        self.send_pool.pop().unwrap_or_default()
+    }
+
+    /// Return a send buffer the kernel is done with.
+    fn recycle_send_buf(&mut self, mut buf: SendBuf) {
+        if self.send_pool.len() < SEND_POOL_MAX && buf.capacity() <= SEND_POOL_BUF_MAX {
+            buf.clear();
+            self.send_pool.push(buf);
+        }
+    }
+
+    /// The SQE of a connection's first request, linked after its connect:
+    /// the WS upgrade (static), the upgrade and op 7 together (pipelined), or
+    /// op 7 alone (TCP). An owned buffer is parked in the connection.
+    fn first_send(&mut self, idx: u32) -> squeue::Entry {
         let gen = self.conns[idx as usize].gen;
-        let e = opcode::Send::new(types::Fixed(idx), data, len as u32)
+        let pipeline = self.spec.plan.pipeline_auth;
+        if self.spec.plan.transport == Transport::Ws && !pipeline {
+            return opcode::Send::new(
+                types::Fixed(idx),
+                self.upgrade_request.as_ptr(),
+                self.upgrade_request.len() as u32,
+            )
             .build()
             .flags(squeue::Flags::SKIP_SUCCESS)
             .user_data(ud(K_SEND_STATIC, gen, idx));
-        Ok(self.ring.push(&e)?)
+        }
+        let mut buf = self.send_buf();
+        if self.spec.plan.transport == Transport::Ws {
+            buf.extend_from_slice(&self.upgrade_request);
+        }
+        self.write_auth(idx, &mut buf);
+        let e = opcode::Send::new(types::Fixed(idx), buf.as_ptr(), buf.len() as u32)
+            .build()
+            .user_data(ud(K_SEND_OWNED, gen, idx));
+        if let Some(old) = self.conns[idx as usize].pending.replace(buf) {
+            // Unreachable: slots are reused only once their sends completed.
+            self.recycle_send_buf(old);
+        }
+        e
     }
 
     /// Send a buffer owned by the connection until its completion arrives.
-    fn send_owned(&mut self, idx: u32, data: Vec<u8>) -> Result<()> {
+    pub(super) fn send_owned(&mut self, idx: u32, buf: SendBuf) -> Result<()> {
         let c = &mut self.conns[idx as usize];
         if c.pending.is_some() {
             // One owned send at a time; only a pong can collide, and pongs are optional.
+            self.recycle_send_buf(buf);
             return Ok(());
         }
-        let buf = data.into_boxed_slice();
         let e = opcode::Send::new(types::Fixed(idx), buf.as_ptr(), buf.len() as u32)
             .build()
             .user_data(ud(K_SEND_OWNED, c.gen, idx));
@@ -393,35 +463,44 @@ impl Worker {
         Ok(self.ring.push(&e)?)
     }
 
-    fn auth_bytes(&self, idx: u32) -> Vec<u8> {
+    /// Append connection `idx`'s op-7 packet (a masked binary frame on WS):
+    /// `{"mid":…,"key":"","room_id":"…","platform":"web","accepts":[…]}`,
+    /// plus `"token"` when tokens are minted. Written by hand into reused
+    /// scratch, as the same body `AuthRequest::to_json` would give.
+    pub(super) fn write_auth(&mut self, idx: u32, out: &mut Vec<u8>) {
         let plan = &self.spec.plan;
         let g = self.spec.first_conn + idx as u64;
         let mid = plan.mid_base + g as i64;
-        let room_id = plan
-            .room_of(g)
-            .map(|r| format!("{}://{}", plan.room_type, r))
-            .unwrap_or_default();
-        let token = match &plan.auth {
-            AuthMode::Insecure => None,
-            AuthMode::Hs256 { secret } => {
-                Some(super::token::mint_hs256(secret, mid, plan.deadline))
+        let json = &mut self.auth_json;
+        json.clear();
+        // Writes into a Vec cannot fail.
+        let _ = write!(json, "{{\"mid\":{mid},\"key\":\"\",\"room_id\":");
+        match plan.room_of(g) {
+            Some(room) => {
+                json.extend_from_slice(&self.room_prefix_json);
+                let _ = write!(json, "{room}\"");
             }
-        };
-        let req = AuthRequest {
-            mid,
-            key: String::new(),
-            room_id,
-            platform: "web".into(),
-            accepts: plan.accepts.clone(),
-            token,
-        };
-        let packet = encode_packet_to_vec(op::AUTH, 1, &req.to_json());
+            None => json.extend_from_slice(b"\"\""),
+        }
+        json.extend_from_slice(b",\"platform\":\"web\",\"accepts\":[");
+        for (i, a) in plan.accepts.iter().enumerate() {
+            if i > 0 {
+                json.push(b',');
+            }
+            let _ = write!(json, "{a}");
+        }
+        json.push(b']');
+        if let AuthMode::Hs256 { secret } = &plan.auth {
+            let token = super::token::mint_hs256(secret, mid, plan.deadline);
+            let _ = write!(json, ",\"token\":\"{token}\"");
+        }
+        json.push(b'}');
+        self.auth_packet.clear();
+        encode_packet(op::AUTH, 1, json, &mut self.auth_packet);
         match plan.transport {
-            Transport::Tcp => packet,
+            Transport::Tcp => out.extend_from_slice(&self.auth_packet),
             Transport::Ws => {
-                let mut f = Vec::with_capacity(packet.len() + 14);
-                encode_client_frame(Opcode::Binary, &packet, self.mask_key, &mut f);
-                f
+                encode_client_frame(Opcode::Binary, &self.auth_packet, self.mask_key, out)
             }
         }
     }
@@ -450,19 +529,12 @@ impl Worker {
                     return self.fail(idx, || format!("connect: {err}"));
                 }
                 self.totals.connected += 1;
+                // The first request is already on its way (linked send).
+                self.conns[idx as usize].state = match self.spec.plan.transport {
+                    Transport::Ws => State::Handshaking,
+                    Transport::Tcp => State::Authing,
+                };
                 self.arm_recv(idx)?;
-                match self.spec.plan.transport {
-                    Transport::Ws => {
-                        self.conns[idx as usize].state = State::Handshaking;
-                        let (p, l) = (self.upgrade_request.as_ptr(), self.upgrade_request.len());
-                        self.send_static(idx, p, l)?;
-                    }
-                    Transport::Tcp => {
-                        self.conns[idx as usize].state = State::Authing;
-                        let auth = self.auth_bytes(idx);
-                        self.send_owned(idx, auth)?;
-                    }
-                }
             }
             K_CHAIN if c.result < 0 && c.result != -libc::ECANCELED => {
                 let err = std::io::Error::from_raw_os_error(-c.result);
@@ -470,8 +542,12 @@ impl Worker {
             }
             K_SEND_OWNED => {
                 if let Some(conn) = self.conns.get_mut(idx as usize) {
-                    // Freed whatever the generation: the kernel is done with it.
-                    let len = conn.pending.take().map_or(0, |b| b.len());
+                    // Released whatever the generation: the kernel is done with it.
+                    let buf = conn.pending.take();
+                    let len = buf.as_ref().map_or(0, |b| b.len());
+                    if let Some(buf) = buf {
+                        self.recycle_send_buf(buf);
+                    }
                     if current && c.result >= 0 && (c.result as usize) < len {
                         self.totals.protocol_errors += 1;
                         return self.fail(idx, || "short send of a small buffer".into());
@@ -530,5 +606,137 @@ impl Worker {
             State::Connecting | State::Handshaking | State::Authing => self.fail(idx, || why),
             _ => Ok(()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    use std::sync::atomic::AtomicU8;
+
+    use corecast_protocol::auth::AuthRequest;
+    use corecast_protocol::packet::parse_single_packet;
+    use corecast_protocol::ws::handshake::{parse_upgrade, HandshakeOptions};
+
+    use super::*;
+
+    fn worker(transport: Transport, pipeline: bool, room_type: &str) -> Worker {
+        let server = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9);
+        let mut plan = ClientPlan::new(transport, server, 8, Duration::from_secs(60));
+        plan.pipeline_auth = pipeline;
+        plan.room_size = 3;
+        plan.room_type = room_type.into();
+        plan.mid_base = 100;
+        plan.accepts = vec![1000, 1001];
+        let spec = WorkerSpec {
+            index: 0,
+            first_conn: 4,
+            conns: 8,
+            plan: Arc::new(plan),
+            control: Arc::new(Control {
+                phase: AtomicU8::new(PHASE_RUN),
+            }),
+            totals: Default::default(),
+            hists: Default::default(),
+        };
+        Worker::new(spec).expect("an io_uring for the test worker (is io_uring allowed?)")
+    }
+
+    /// The op-7 body of one WS frame or TCP packet at the start of `bytes`.
+    fn auth_of(transport: Transport, bytes: &mut [u8]) -> AuthRequest {
+        let packet = match transport {
+            Transport::Tcp => bytes.to_vec(),
+            Transport::Ws => {
+                let mut dec = FrameDecoder::new(1 << 16);
+                let len = bytes.len();
+                let (frame, n) = dec.decode(bytes).expect("valid frame").expect("whole");
+                assert_eq!(n, len, "one frame, nothing after it");
+                assert_eq!(frame.opcode, Opcode::Binary);
+                frame.payload.to_vec()
+            }
+        };
+        let p = parse_single_packet(&packet, 1 << 16).expect("one goim packet");
+        assert_eq!((p.op, p.seq), (op::AUTH, 1));
+        AuthRequest::parse(p.body).expect("the body parses as the server parses it")
+    }
+
+    #[test]
+    fn auth_packet_carries_mid_room_and_accepts() {
+        for transport in [Transport::Ws, Transport::Tcp] {
+            let mut w = worker(transport, false, "live");
+            let mut out = Vec::new();
+            w.write_auth(5, &mut out);
+            let req = auth_of(transport, &mut out);
+            // Global connection 4 + 5 = 9: mid 109, room 9 / 3 = 3.
+            let want = AuthRequest {
+                mid: 109,
+                key: String::new(),
+                room_id: "live://3".into(),
+                platform: "web".into(),
+                accepts: vec![1000, 1001],
+                token: None,
+            };
+            assert_eq!(req, want, "{transport:?}");
+            assert_eq!(
+                AuthRequest::parse(&want.to_json()).unwrap(),
+                req,
+                "same request as the serde encoding"
+            );
+        }
+    }
+
+    #[test]
+    fn room_type_is_escaped_in_the_auth_json() {
+        let mut w = worker(Transport::Tcp, false, "a\"b\\c");
+        let mut out = Vec::new();
+        w.write_auth(0, &mut out);
+        assert_eq!(auth_of(Transport::Tcp, &mut out).room_id, "a\"b\\c://1");
+    }
+
+    #[test]
+    fn pipelined_first_send_is_the_upgrade_then_the_auth_frame() {
+        let mut w = worker(Transport::Ws, true, "live");
+        w.conns[2].gen = 7;
+        let e = w.first_send(2);
+        assert_eq!(split(e.get_user_data()), (K_SEND_OWNED, 7, 2));
+        let mut bytes = w.conns[2]
+            .pending
+            .take()
+            .expect("parked until the send completes");
+        let opts = HandshakeOptions {
+            path: Some("/sub"),
+            max_request_len: 4096,
+        };
+        let req = parse_upgrade(&bytes, &opts)
+            .expect("a valid upgrade request")
+            .expect("complete");
+        let used = req.request_len;
+        assert_eq!(auth_of(Transport::Ws, &mut bytes[used..]).mid, 106);
+    }
+
+    #[test]
+    fn sequential_ws_sends_the_static_upgrade_and_tcp_the_auth() {
+        let mut w = worker(Transport::Ws, false, "live");
+        let e = w.first_send(0);
+        assert_eq!(split(e.get_user_data()).0, K_SEND_STATIC);
+        assert!(w.conns[0].pending.is_none(), "nothing owned to park");
+
+        let mut w = worker(Transport::Tcp, false, "live");
+        let e = w.first_send(1);
+        assert_eq!(split(e.get_user_data()).0, K_SEND_OWNED);
+        let mut bytes = w.conns[1].pending.take().expect("auth parked");
+        assert_eq!(auth_of(Transport::Tcp, &mut bytes).mid, 105);
+    }
+
+    #[test]
+    fn send_buffers_are_reused() {
+        let mut w = worker(Transport::Tcp, true, "live");
+        let _ = w.first_send(0);
+        let buf = w.conns[0].pending.take().unwrap();
+        let ptr = buf.as_ptr();
+        w.recycle_send_buf(buf);
+        let again = w.send_buf();
+        assert!(again.is_empty());
+        assert_eq!(again.as_ptr(), ptr, "the pooled buffer comes back");
     }
 }

@@ -30,6 +30,16 @@ pub struct ConnsArgs {
     /// Clients per room (each joins `test://<g / room_size>`); 0: no room.
     #[arg(long, default_value_t = 100)]
     pub room_size: u64,
+    /// WS clients send the upgrade request and op 7 together right after the
+    /// connect (`false`: wait for the 101 first, as goim's clients do). The
+    /// server handles both; pipelining saves the client and the kernel one
+    /// round trip per connection.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub pipeline_auth: bool,
+    /// The handshake's final ACK rides on the client's first request segment
+    /// (TCP_DEFER_ACCEPT on the client socket) instead of a packet of its own.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub ack_with_request: bool,
     /// Give up if not all are authenticated after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub timeout_secs: f64,
@@ -41,6 +51,12 @@ pub struct ConnsArgs {
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct ConnsReport {
     pub transport: Option<Transport>,
+    /// WS upgrade and op 7 sent together (see `--pipeline-auth`).
+    #[serde(default)]
+    pub pipeline_auth: bool,
+    /// The handshake's last ACK rides on the first request (see `--ack-with-request`).
+    #[serde(default)]
+    pub ack_with_request: bool,
     pub requested: u64,
     pub authed: u64,
     pub failed: u64,
@@ -86,6 +102,8 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     plan.connect_rate = args.rate;
     plan.max_inflight_connects = args.inflight;
     plan.room_size = args.room_size;
+    plan.pipeline_auth = args.pipeline_auth;
+    plan.ack_with_request = args.ack_with_request;
     let engine = Engine::start(plan)?;
     progress.phase("conns: connecting", args.conns);
     let t0 = engine.started();
@@ -154,6 +172,8 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     };
     Ok(ConnsReport {
         transport: Some(t.transport),
+        pipeline_auth: args.pipeline_auth,
+        ack_with_request: args.ack_with_request,
         requested: args.conns,
         authed,
         failed: totals.failed,
@@ -186,7 +206,18 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
 
 impl ConnsReport {
     pub fn print(&self) {
-        println!("conns ({:?})", self.transport.unwrap_or(Transport::Ws));
+        let transport = self.transport.unwrap_or(Transport::Ws);
+        let pipelined = if transport == Transport::Ws && self.pipeline_auth {
+            ", upgrade + auth pipelined"
+        } else {
+            ""
+        };
+        let ack = if self.ack_with_request {
+            ", ACK with the first request"
+        } else {
+            ""
+        };
+        println!("conns ({transport:?}{pipelined}{ack})");
         println!(
             "  authenticated          {:>12} of {} ({} failed){}",
             self.authed,

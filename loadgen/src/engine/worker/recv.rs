@@ -76,38 +76,7 @@ impl Worker {
         let conn = &mut self.conns[idx as usize];
         let data = self.bufs.data_mut(bid, len);
         if conn.state == State::Handshaking {
-            let spill = conn.spill.get_or_insert_with(Default::default);
-            spill.extend_from_slice(data);
-            match parse_upgrade_response(spill, &self.ws_key) {
-                Ok(Some(n)) => {
-                    spill.drain(..n);
-                    if spill.is_empty() {
-                        conn.spill = None;
-                    }
-                    conn.state = State::Authing;
-                    out.auth = None;
-                    // Send op 7 now; any bytes after the 101 are frames.
-                    let auth = self.auth_bytes(idx);
-                    self.send_owned(idx, auth)?;
-                    let conn = &mut self.conns[idx as usize];
-                    if let Some(mut spill) = conn.spill.take() {
-                        let mut ctx = RecvCtx {
-                            totals: &mut self.totals,
-                            latency: &mut self.latency,
-                            now_ns: uring::mono_ns(),
-                            ws: Some(&mut self.decoder),
-                        };
-                        let n = parse_stream(&mut ctx, conn, &mut spill[..], &mut out);
-                        spill.drain(..n);
-                        if !spill.is_empty() {
-                            conn.spill = Some(spill);
-                        }
-                    }
-                }
-                Ok(None) => {}
-                Err(e) => out.close = Some(format!("websocket handshake: {e}")),
-            }
-            return Ok(out);
+            return self.on_handshake_data(idx, bid, len);
         }
         if !matches!(conn.state, State::Authing | State::Ready) {
             return Ok(out);
@@ -138,6 +107,54 @@ impl Worker {
         Ok(out)
     }
 
+    /// Bytes while waiting for the 101: parsed straight from the receive
+    /// buffer; only a response cut by the end of a receive is spilled.
+    fn on_handshake_data(&mut self, idx: u32, bid: u16, len: usize) -> Result<Outcome> {
+        let mut out = Outcome::default();
+        let conn = &mut self.conns[idx as usize];
+        let data = self.bufs.data_mut(bid, len);
+        let mut spilled = conn.spill.take();
+        let from_spill = spilled.is_some();
+        if let Some(spill) = spilled.as_mut() {
+            spill.extend_from_slice(data);
+        }
+        let buf: &mut [u8] = match spilled.as_mut() {
+            Some(spill) => &mut spill[..],
+            None => data,
+        };
+        let used = match parse_upgrade_response(buf, &self.ws_key) {
+            Ok(Some(n)) => n,
+            Ok(None) => {
+                let copy = (!from_spill).then(|| Box::new(buf.to_vec()));
+                self.conns[idx as usize].spill = copy.or(spilled);
+                return Ok(out);
+            }
+            Err(e) => {
+                out.close = Some(format!("websocket handshake: {e}"));
+                return Ok(out);
+            }
+        };
+        conn.state = State::Authing;
+        // Any bytes after the 101 are frames (the op 8 of a pipelined auth).
+        let mut ctx = RecvCtx {
+            totals: &mut self.totals,
+            latency: &mut self.latency,
+            now_ns: uring::mono_ns(),
+            ws: Some(&mut self.decoder),
+        };
+        let rest = &mut buf[used..];
+        let n = parse_stream(&mut ctx, conn, rest, &mut out);
+        if n < rest.len() {
+            conn.spill = Some(Box::new(rest[n..].to_vec()));
+        }
+        if !self.spec.plan.pipeline_auth {
+            let mut auth = self.send_buf();
+            self.write_auth(idx, &mut auth);
+            self.send_owned(idx, auth)?;
+        }
+        Ok(out)
+    }
+
     fn apply(&mut self, idx: u32, out: Outcome) -> Result<()> {
         match out.auth {
             Some(Ok(())) => self.on_authed(idx)?,
@@ -145,7 +162,7 @@ impl Worker {
             None => {}
         }
         if let Some(ping) = out.pong {
-            let mut f = Vec::with_capacity(ping.len() + 6);
+            let mut f = self.send_buf();
             encode_client_frame(Opcode::Pong, &ping, self.mask_key, &mut f);
             self.send_owned(idx, f)?;
         }
