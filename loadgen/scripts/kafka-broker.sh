@@ -8,7 +8,21 @@
 #
 # The broker auto-creates topics (one partition), so the loadgen's first
 # Metadata request creates its topic. Data lives in $KAFKA_BENCH_DIR
-# (default /tmp/corecast-kafka-bench), wiped on start.
+# (default /tmp/corecast-kafka-bench), wiped on start; GC pauses are logged
+# to $KAFKA_BENCH_DIR/gc.log.
+#
+# Tuned for latency on a small shared box (see docs/benchmarks.md, "Kafka
+# ingest"); each knob can be overridden:
+#   KAFKA_BENCH_HEAP     heap flags   (default: fixed 1 GiB heap, pre-touched, with a
+#                                      768 MiB young gen: a young collection's pause
+#                                      grows with the survivors, not with the young
+#                                      gen's size, so a large one means a few seconds
+#                                      between pauses of about the same length, and
+#                                      fewer records delayed by one; metaspace sized
+#                                      so that start-up needs no full collection)
+#   KAFKA_BENCH_GC       GC flags     (default: serial collector: no concurrent GC
+#                                      threads competing for the 2 cores)
+#   KAFKA_BENCH_THREADS  num.network.threads / num.io.threads (default 1)
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -18,6 +32,9 @@ dir=${KAFKA_BENCH_DIR:-/tmp/corecast-kafka-bench}
 cmd=${1:-start}
 port=${2:-9092}
 cport=$((port + 1))
+heap=${KAFKA_BENCH_HEAP:--Xms2g -Xmx2g -Xmn512m -XX:+AlwaysPreTouch -XX:MetaspaceSize=128m}
+gc=${KAFKA_BENCH_GC:--XX:+UseSerialGC}
+threads=${KAFKA_BENCH_THREADS:-1}
 
 case "$cmd" in
 stop)
@@ -62,8 +79,10 @@ transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
-num.network.threads=2
-num.io.threads=2
+num.network.threads=$threads
+num.io.threads=$threads
+# No fsync per message (the default too): the page cache is the log.
+log.flush.interval.messages=9223372036854775807
 EOF
 cat >"$dir/log4j2.properties" <<EOF
 rootLogger.level=INFO
@@ -75,7 +94,8 @@ appender.file.layout.type=PatternLayout
 appender.file.layout.pattern=[%d] %p %m (%c)%n
 EOF
 
-java_cmd=(java -Xms256m -Xmx1g -XX:+UseSerialGC -Djava.awt.headless=true
+# shellcheck disable=SC2206 # flag lists split on spaces on purpose
+java_cmd=(java $heap $gc "-Xlog:gc:file=$dir/gc.log" -Djava.awt.headless=true
 	"-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$dist/*")
 "${java_cmd[@]}" kafka.tools.StorageTool format -t "$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | cut -c1-22)" \
 	-c "$dir/server.properties" >"$dir/format.log" 2>&1
