@@ -295,7 +295,10 @@ impl Shard {
             }
             return;
         }
-        c.out.get_or_insert_with(Default::default).push(b);
+        let pool = &mut self.out_pool;
+        c.out
+            .get_or_insert_with(|| pool.pop().unwrap_or_default())
+            .push(b);
         self.counters.msgs_out += msgs;
         if !c.has(F_DIRTY) {
             c.flags |= F_DIRTY;

@@ -9,7 +9,8 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
 use super::conn::{
-    Conn, Filters, Proto, State, F_CLOSE_DONE, F_DIRTY, F_RECV_ARMED, F_SEND_INFLIGHT,
+    Conn, Filters, OutQueue, Proto, State, F_CLOSE_DONE, F_DIRTY, F_RECV_ARMED, F_SEND_INFLIGHT,
+    OUT_POOL,
 };
 use super::deliver::RoomBatch;
 use super::index::{Keys, Mids, Rooms, NIL};
@@ -47,6 +48,10 @@ pub struct Shard {
     pub(super) scratch: BytesMut,
     pub(super) tmp_keys: Vec<u32>,
     pub(super) batch: RoomBatch,
+    /// Emptied send queues for reuse (see [`OUT_POOL`]): boxed because a
+    /// connection holds its queue boxed (the msghdr must not move).
+    #[allow(clippy::vec_box)]
+    pub(super) out_pool: Vec<Box<OutQueue>>,
     pub(super) room_counts: Option<Arc<RoomCounts>>,
     cqes: Vec<(u64, i32, u32)>,
     fired: Vec<(u32, u32, u32)>,
@@ -109,6 +114,7 @@ impl Shard {
             scratch: BytesMut::with_capacity(64 * 1024),
             tmp_keys: Vec::new(),
             batch: RoomBatch::default(),
+            out_pool: Vec::new(),
             room_counts: None,
             cqes: Vec::with_capacity(1024),
             fired: Vec::new(),
@@ -134,7 +140,7 @@ impl Shard {
     /// Queues an SQE, submitting first if the queue is full.
     pub(super) fn push_sqe(&mut self, e: &squeue::Entry) {
         loop {
-            // SAFETY: every SQE's buffers (msghdr/iovecs in a connection's
+            // SAFETY: every SQE's buffers (the Bytes, msghdr and iovecs in a connection's
             // boxed OutQueue, the eventfd buffer, the timespec) stay alive
             // and unmoved until its completion is handled.
             if unsafe { self.ring.submission().push(e) }.is_ok() {
@@ -381,7 +387,9 @@ impl Shard {
             let out = c.out.as_mut().expect("send in flight has a queue");
             out.complete_send(res as usize);
             if out.is_idle() {
-                c.out = None;
+                if let Some(q) = c.out.take() {
+                    self.recycle_out(q);
+                }
                 if state == State::Closing {
                     self.finish_close(key);
                 }
@@ -629,7 +637,16 @@ impl Shard {
         }
     }
 
-    /// Issues at most one SendMsg per connection with queued output.
+    /// Keeps an emptied send queue for reuse (bounded, see [`OUT_POOL`]).
+    fn recycle_out(&mut self, q: Box<OutQueue>) {
+        if self.out_pool.len() < OUT_POOL && q.reusable() {
+            self.out_pool.push(q);
+        }
+    }
+
+    /// Issues at most one send per connection with queued output: a plain
+    /// Send for one buffer (cheaper in the kernel than SendMsg's msghdr and
+    /// iovec import), SendMsg for several.
     fn flush_sends(&mut self) {
         let mut dirty = std::mem::take(&mut self.dirty);
         for &key in &dirty {
@@ -641,14 +658,24 @@ impl Shard {
                 continue;
             }
             let Some(out) = c.out.as_mut() else { continue };
-            if !out.prepare_send() {
-                c.out = None;
-                continue;
+            let e = match out.prepare_send() {
+                0 => {
+                    if let Some(q) = c.out.take() {
+                        self.recycle_out(q);
+                    }
+                    continue;
+                }
+                1 => {
+                    let b = &out.inflight[0];
+                    opcode::Send::new(types::Fixed(c.slot), b.as_ptr(), b.len() as u32)
+                        .flags(libc::MSG_NOSIGNAL)
+                        .build()
+                }
+                _ => opcode::SendMsg::new(types::Fixed(c.slot), &out.msg as *const libc::msghdr)
+                    .flags(libc::MSG_NOSIGNAL as u32)
+                    .build(),
             }
-            let e = opcode::SendMsg::new(types::Fixed(c.slot), &out.msg as *const libc::msghdr)
-                .flags(libc::MSG_NOSIGNAL as u32)
-                .build()
-                .user_data(encode_ud(Kind::Send, c.gen, key));
+            .user_data(encode_ud(Kind::Send, c.gen, key));
             c.flags |= F_SEND_INFLIGHT;
             self.push_sqe(&e);
         }
