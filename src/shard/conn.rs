@@ -343,6 +343,7 @@ impl OutQueue {
     /// past the usual few entries).
     pub fn reusable(&self) -> bool {
         self.is_idle()
+            && self.queued_bytes == 0
             && self.queue.capacity() <= 2 * MAX_IOV
             && self.inflight.capacity() <= MAX_IOV
             && self.iov.capacity() <= MAX_IOV
