@@ -48,6 +48,9 @@ const K_RECV: u64 = 5;
 const K_SHUTDOWN: u64 = 6;
 const K_CLOSE: u64 = 7;
 const K_CANCEL: u64 = 8;
+/// The request linked to the connect; its completion also reports the
+/// connect's success (the connect itself posts only failures).
+const K_FIRST_SEND: u64 = 9;
 
 fn ud(kind: u64, gen: u16, idx: u32) -> u64 {
     kind << 56 | (gen as u64) << 32 | idx as u64
@@ -296,16 +299,23 @@ impl Worker {
             ud(K_CHAIN, gen, idx),
             ud(K_CONNECT, gen, idx),
         );
-        // The first request goes out as soon as the connect completes,
-        // without a loop turn in between; a failed connect cancels it.
-        let connect = connect.flags(squeue::Flags::IO_LINK);
+        // The first request goes out as soon as the connect completes and
+        // the receive is armed right behind it, without a loop turn in
+        // between; a failure cancels the rest of the chain. Only the send
+        // posts a completion on success (one CQE per connect).
+        let connect = connect.flags(squeue::Flags::IO_LINK | squeue::Flags::SKIP_SUCCESS);
+        let first_send = first_send.flags(squeue::Flags::IO_LINK);
+        let recv = opcode::RecvMulti::new(types::Fixed(idx), self.bufs.bgid())
+            .build()
+            .user_data(ud(K_RECV, gen, idx));
+        self.conns[idx as usize].recv_armed = true;
         if self.spec.plan.ack_with_request {
             let defer = uring::defer_ack_opt(idx, ud(K_CHAIN, gen, idx));
             self.ring
-                .push_chain(&[socket, opt, defer, bind, connect, first_send])?;
+                .push_chain(&[socket, opt, defer, bind, connect, first_send, recv])?;
         } else {
             self.ring
-                .push_chain(&[socket, opt, bind, connect, first_send])?;
+                .push_chain(&[socket, opt, bind, connect, first_send, recv])?;
         }
         self.inflight_connects += 1;
         self.open += 1;
@@ -430,8 +440,7 @@ impl Worker {
                 self.upgrade_request.len() as u32,
             )
             .build()
-            .flags(squeue::Flags::SKIP_SUCCESS)
-            .user_data(ud(K_SEND_STATIC, gen, idx));
+            .user_data(ud(K_FIRST_SEND, gen, idx));
         }
         let mut buf = self.send_buf();
         if self.spec.plan.transport == Transport::Ws {
@@ -440,7 +449,7 @@ impl Worker {
         self.write_auth(idx, &mut buf);
         let e = opcode::Send::new(types::Fixed(idx), buf.as_ptr(), buf.len() as u32)
             .build()
-            .user_data(ud(K_SEND_OWNED, gen, idx));
+            .user_data(ud(K_FIRST_SEND, gen, idx));
         if let Some(old) = self.conns[idx as usize].pending.replace(buf) {
             // Unreachable: slots are reused only once their sends completed.
             self.recycle_send_buf(old);
@@ -516,25 +525,55 @@ impl Worker {
             .is_some_and(|conn| conn.gen == gen);
         match kind {
             K_CONNECT => {
+                if c.result >= 0 {
+                    return Ok(()); // success is reported by the first send
+                }
+                self.inflight_connects -= 1;
+                if !current {
+                    return Ok(());
+                }
+                if self.conns[idx as usize].state != State::Connecting {
+                    return self.close_slot_after_connect(idx, c.result);
+                }
+                let err = std::io::Error::from_raw_os_error(-c.result);
+                return self.fail(idx, || format!("connect: {err}"));
+            }
+            K_FIRST_SEND => {
+                // Released whatever the outcome: the kernel is done with it.
+                let pending = self
+                    .conns
+                    .get_mut(idx as usize)
+                    .and_then(|c| c.pending.take());
+                let len = pending.as_ref().map(|b| b.len());
+                if let Some(buf) = pending {
+                    self.recycle_send_buf(buf);
+                }
+                if c.result == -libc::ECANCELED {
+                    return Ok(()); // the connect failed, and said so
+                }
                 self.inflight_connects -= 1;
                 if !current {
                     return Ok(());
                 }
                 if self.conns[idx as usize].state != State::Connecting {
                     // The close phase began meanwhile.
-                    return self.close_slot_after_connect(idx, c.result);
+                    return self.close_slot_after_connect(idx, c.result.min(0));
+                }
+                if c.result >= 0 {
+                    self.totals.connected += 1;
                 }
                 if c.result < 0 {
                     let err = std::io::Error::from_raw_os_error(-c.result);
-                    return self.fail(idx, || format!("connect: {err}"));
+                    return self.fail(idx, || format!("first send: {err}"));
                 }
-                self.totals.connected += 1;
-                // The first request is already on its way (linked send).
+                if len.is_some_and(|l| (c.result as usize) < l) {
+                    self.totals.protocol_errors += 1;
+                    return self.fail(idx, || "short send of a small buffer".into());
+                }
                 self.conns[idx as usize].state = match self.spec.plan.transport {
                     Transport::Ws => State::Handshaking,
                     Transport::Tcp => State::Authing,
                 };
-                self.arm_recv(idx)?;
             }
             K_CHAIN if c.result < 0 && c.result != -libc::ECANCELED => {
                 let err = std::io::Error::from_raw_os_error(-c.result);
@@ -698,7 +737,7 @@ mod tests {
         let mut w = worker(Transport::Ws, true, "live");
         w.conns[2].gen = 7;
         let e = w.first_send(2);
-        assert_eq!(split(e.get_user_data()), (K_SEND_OWNED, 7, 2));
+        assert_eq!(split(e.get_user_data()), (K_FIRST_SEND, 7, 2));
         let mut bytes = w.conns[2]
             .pending
             .take()
@@ -718,12 +757,12 @@ mod tests {
     fn sequential_ws_sends_the_static_upgrade_and_tcp_the_auth() {
         let mut w = worker(Transport::Ws, false, "live");
         let e = w.first_send(0);
-        assert_eq!(split(e.get_user_data()).0, K_SEND_STATIC);
+        assert_eq!(split(e.get_user_data()).0, K_FIRST_SEND);
         assert!(w.conns[0].pending.is_none(), "nothing owned to park");
 
         let mut w = worker(Transport::Tcp, false, "live");
         let e = w.first_send(1);
-        assert_eq!(split(e.get_user_data()).0, K_SEND_OWNED);
+        assert_eq!(split(e.get_user_data()).0, K_FIRST_SEND);
         let mut bytes = w.conns[1].pending.take().expect("auth parked");
         assert_eq!(auth_of(Transport::Tcp, &mut bytes).mid, 105);
     }
