@@ -8,6 +8,7 @@
 //! tcp = "0.0.0.0:3101"     # raw goim packets
 //! http = "0.0.0.0:3111"    # HTTP control API
 //! backlog = 65535
+//! tcp_fastopen_qlen = 4096 # TCP Fast Open queue per listener; 0 = off
 //!
 //! [shards]
 //! count = 0                # 0 = one per CPU in `cpus`; may exceed the CPU count
@@ -78,6 +79,12 @@ pub struct ListenConfig {
     pub http: SocketAddr,
     /// listen(2) backlog of every shard listener.
     pub backlog: u32,
+    /// TCP Fast Open queue length of every WS/TCP listener (TCP_FASTOPEN):
+    /// how many Fast Open connections may wait for their handshake's final
+    /// ACK; past it a SYN's data is ignored and the client sends it again
+    /// after an ordinary handshake. 0 = off. Takes effect only when
+    /// `net.ipv4.tcp_fastopen` has bit 2 (server) set.
+    pub tcp_fastopen_qlen: u32,
     /// Path of the WebSocket upgrade.
     pub ws_path: String,
 }
@@ -89,6 +96,7 @@ impl Default for ListenConfig {
             tcp: SocketAddr::from(([0, 0, 0, 0], 3101)),
             http: SocketAddr::from(([0, 0, 0, 0], 3111)),
             backlog: 65535,
+            tcp_fastopen_qlen: 4096,
             ws_path: "/sub".into(),
         }
     }
@@ -245,6 +253,9 @@ pub struct Overrides {
     /// HTTP API listen address.
     #[arg(long, env = "CORECAST_HTTP_LISTEN")]
     pub http_listen: Option<SocketAddr>,
+    /// TCP Fast Open queue per listener (0 = off).
+    #[arg(long, env = "CORECAST_TCP_FASTOPEN_QLEN")]
+    pub tcp_fastopen_qlen: Option<u32>,
     /// Number of shards (0 = one per CPU).
     #[arg(long, env = "CORECAST_SHARDS")]
     pub shards: Option<usize>,
@@ -340,6 +351,7 @@ impl Config {
         set(&mut self.listen.ws, &o.ws_listen);
         set(&mut self.listen.tcp, &o.tcp_listen);
         set(&mut self.listen.http, &o.http_listen);
+        set(&mut self.listen.tcp_fastopen_qlen, &o.tcp_fastopen_qlen);
         set(&mut self.shards.count, &o.shards);
         set(&mut self.shards.cpus, &o.cpus);
         set(&mut self.shards.max_conns, &o.max_conns_per_shard);

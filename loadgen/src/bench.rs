@@ -241,6 +241,7 @@ pub fn run(args: &BenchArgs) -> Result<BenchReport> {
         timeout_secs: 120.0,
         pipeline_auth: true,
         ack_with_request: true,
+        fastopen: false,
         json: None,
     };
     step(

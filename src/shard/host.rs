@@ -155,6 +155,26 @@ pub fn report(cfg: &Config) -> (String, bool) {
             cfg.listen.backlog
         ),
     );
+    let tfo: u32 = read_sys("/proc/sys/net/ipv4/tcp_fastopen")
+        .parse()
+        .unwrap_or(0);
+    line(
+        true,
+        "net.ipv4.tcp_fastopen",
+        if cfg.listen.tcp_fastopen_qlen == 0 {
+            format!("{tfo} (Fast Open off in corecast: listen.tcp_fastopen_qlen = 0)")
+        } else if tfo & 2 != 0 {
+            format!(
+                "{tfo}: Fast Open on (listener queue {})",
+                cfg.listen.tcp_fastopen_qlen
+            )
+        } else {
+            format!(
+                "{tfo}: no server bit, the listeners' Fast Open queue is inert; \
+                 sysctl net.ipv4.tcp_fastopen=3 for clients' requests in their SYN (tuning/sysctl-corecast.conf)"
+            )
+        },
+    );
     let range = read_sys("/proc/sys/net/ipv4/ip_local_port_range");
     line(
         true,

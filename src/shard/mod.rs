@@ -24,14 +24,14 @@ mod uring;
 mod wheel;
 
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Duration;
 
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::auth::Verifier;
-use crate::config::{Config, SendPolicy};
+use crate::config::{Config, ListenConfig, SendPolicy};
 use crate::fanout::ShardInbox;
 
 pub use conn::{Conn, ConnExt, OutQueue};
@@ -99,7 +99,7 @@ pub enum BindError {
 
 fn bind_one(
     addr: SocketAddr,
-    backlog: u32,
+    listen: &ListenConfig,
     what: &'static str,
     reuseport: bool,
 ) -> Result<Socket, BindError> {
@@ -129,8 +129,35 @@ fn bind_one(
     s.set_nodelay(true).map_err(err)?;
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&addr.into()).map_err(err)?;
-    s.listen(backlog.min(i32::MAX as u32) as i32).map_err(err)?;
+    if listen.tcp_fastopen_qlen > 0 {
+        set_fastopen_queue(&s, listen.tcp_fastopen_qlen).map_err(err)?;
+    }
+    s.listen(listen.backlog.min(i32::MAX as u32) as i32)
+        .map_err(err)?;
     Ok(s)
+}
+
+/// TCP_FASTOPEN on a listener: a SYN carrying data and a valid cookie is
+/// accepted at once, its data readable before the handshake completes. Inert
+/// unless `net.ipv4.tcp_fastopen` has the server bit (2).
+fn set_fastopen_queue(s: &Socket, qlen: u32) -> std::io::Result<()> {
+    let qlen = qlen.min(i32::MAX as u32) as libc::c_int;
+    // SAFETY: a valid socket descriptor, and optval points at a c_int
+    // whose size is passed.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            (&qlen as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
 }
 
 /// Binds `count` `SO_REUSEPORT` listeners on each of the WS and TCP
@@ -141,18 +168,23 @@ pub fn bind_listeners(
     cfg: &Config,
     count: usize,
 ) -> Result<(Vec<ShardListeners>, SocketAddr, SocketAddr), BindError> {
+    let probe_cfg = ListenConfig {
+        backlog: 1,
+        tcp_fastopen_qlen: 0,
+        ..cfg.listen.clone()
+    };
     let resolve =
         |addr: SocketAddr, what: &'static str| -> Result<(Socket, SocketAddr), BindError> {
             // A first socket without SO_REUSEPORT detects a port in use by
             // another server that set SO_REUSEPORT too.
-            let probe = bind_one(addr, 1, what, false)?;
+            let probe = bind_one(addr, &probe_cfg, what, false)?;
             let actual = probe
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_socket())
                 .unwrap_or(addr);
             drop(probe);
-            let first = bind_one(actual, cfg.listen.backlog, what, true)?;
+            let first = bind_one(actual, &cfg.listen, what, true)?;
             Ok((first, actual))
         };
     let (ws0, ws_addr) = resolve(cfg.listen.ws, "listen.ws")?;
@@ -163,8 +195,8 @@ pub fn bind_listeners(
     }];
     for _ in 1..count {
         out.push(ShardListeners {
-            ws: bind_one(ws_addr, cfg.listen.backlog, "listen.ws", true)?.into(),
-            tcp: bind_one(tcp_addr, cfg.listen.backlog, "listen.tcp", true)?.into(),
+            ws: bind_one(ws_addr, &cfg.listen, "listen.ws", true)?.into(),
+            tcp: bind_one(tcp_addr, &cfg.listen, "listen.tcp", true)?.into(),
         });
     }
     Ok((out, ws_addr, tcp_addr))

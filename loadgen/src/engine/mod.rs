@@ -92,6 +92,9 @@ pub struct ClientPlan {
     /// Let the handshake's final ACK ride on the first request segment
     /// (`uring::defer_ack_opt`) instead of a packet of its own.
     pub ack_with_request: bool,
+    /// TCP Fast Open: the first request rides in the SYN once the server's
+    /// cookie is cached (`uring::fastopen_connect_opt`).
+    pub fastopen: bool,
     /// Pin every worker thread to this CPU.
     pub cpu: Option<usize>,
     /// Size of each provided receive buffer. Small buffers suit many idle
@@ -124,6 +127,7 @@ impl ClientPlan {
             per_source_addr: PER_SOURCE_ADDR,
             pipeline_auth: false,
             ack_with_request: false,
+            fastopen: false,
             cpu: None,
             recv_buffer_size: 2048,
             deadline: Instant::now() + run_for,

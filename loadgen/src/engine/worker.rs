@@ -309,18 +309,44 @@ impl Worker {
             .build()
             .user_data(ud(K_RECV, gen, idx));
         self.conns[idx as usize].recv_armed = true;
-        if self.spec.plan.ack_with_request {
-            let defer = uring::defer_ack_opt(idx, ud(K_CHAIN, gen, idx));
-            self.ring
-                .push_chain(&[socket, opt, defer, bind, connect, first_send, recv])?;
-        } else {
-            self.ring
-                .push_chain(&[socket, opt, bind, connect, first_send, recv])?;
+        // Up to 8 SQEs, the two optional socket options after IP_BIND_ADDRESS_NO_PORT.
+        let plan = &self.spec.plan;
+        let defer = plan
+            .ack_with_request
+            .then(|| uring::defer_ack_opt(idx, ud(K_CHAIN, gen, idx)));
+        let fastopen = plan
+            .fastopen
+            .then(|| uring::fastopen_connect_opt(idx, ud(K_CHAIN, gen, idx)));
+        let mut chain: [squeue::Entry; 8] = std::array::from_fn(|_| socket.clone());
+        let mut n = 1;
+        for e in [Some(opt), defer, fastopen, Some(bind), Some(connect)]
+            .into_iter()
+            .flatten()
+            .chain([first_send, recv])
+        {
+            chain[n] = e;
+            n += 1;
         }
+        self.ring.push_chain(&chain[..n])?;
         self.inflight_connects += 1;
         self.open += 1;
         self.totals.connects_started += 1;
         Ok(())
+    }
+
+    /// Send a connection's first request again, the receive linked behind
+    /// it. A new generation makes the cancelled receive of the first
+    /// attempt a stale completion.
+    fn resend_first(&mut self, idx: u32) -> Result<()> {
+        let c = &mut self.conns[idx as usize];
+        c.gen = c.gen.wrapping_add(1);
+        let gen = c.gen;
+        let send = self.first_send(idx).flags(squeue::Flags::IO_LINK);
+        let recv = opcode::RecvMulti::new(types::Fixed(idx), self.bufs.bgid())
+            .build()
+            .user_data(ud(K_RECV, gen, idx));
+        self.conns[idx as usize].recv_armed = true;
+        Ok(self.ring.push_chain(&[send, recv])?)
     }
 
     fn run_timers(&mut self) -> Result<()> {
@@ -550,6 +576,15 @@ impl Worker {
                 }
                 if c.result == -libc::ECANCELED {
                     return Ok(()); // the connect failed, and said so
+                }
+                if c.result == -libc::EINPROGRESS
+                    && current
+                    && self.conns[idx as usize].state == State::Connecting
+                {
+                    // Fast Open sent a SYN without the request (Linux falls
+                    // back when the data does not fit in it); the connect is
+                    // under way, so the request goes again behind it.
+                    return self.resend_first(idx);
                 }
                 self.inflight_connects -= 1;
                 if !current {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
 use super::target::{cpu_secs, rss_bytes, self_rss_bytes, TargetArgs};
@@ -40,6 +40,12 @@ pub struct ConnsArgs {
     /// (TCP_DEFER_ACCEPT on the client socket) instead of a packet of its own.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub ack_with_request: bool,
+    /// TCP Fast Open: the first request rides in the SYN (TCP_FASTOPEN_CONNECT
+    /// on the client socket; the first connection per source address fetches
+    /// the server's cookie). Needs `net.ipv4.tcp_fastopen` bit 1 here and
+    /// bit 2 plus a Fast Open queue on the server's listener.
+    #[arg(long)]
+    pub fastopen: bool,
     /// Give up if not all are authenticated after this many seconds.
     #[arg(long, default_value_t = 120.0)]
     pub timeout_secs: f64,
@@ -57,6 +63,9 @@ pub struct ConnsReport {
     /// The handshake's last ACK rides on the first request (see `--ack-with-request`).
     #[serde(default)]
     pub ack_with_request: bool,
+    /// The first request rides in the SYN (see `--fastopen`).
+    #[serde(default)]
+    pub fastopen: bool,
     pub requested: u64,
     pub authed: u64,
     pub failed: u64,
@@ -104,6 +113,10 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     plan.room_size = args.room_size;
     plan.pipeline_auth = args.pipeline_auth;
     plan.ack_with_request = args.ack_with_request;
+    if args.fastopen {
+        check_fastopen_client_sysctl()?;
+    }
+    plan.fastopen = args.fastopen;
     let engine = Engine::start(plan)?;
     progress.phase("conns: connecting", args.conns);
     let t0 = engine.started();
@@ -174,6 +187,7 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
         transport: Some(t.transport),
         pipeline_auth: args.pipeline_auth,
         ack_with_request: args.ack_with_request,
+        fastopen: args.fastopen,
         requested: args.conns,
         authed,
         failed: totals.failed,
@@ -204,6 +218,25 @@ pub fn run(args: &ConnsArgs, progress: &Progress) -> Result<ConnsReport> {
     })
 }
 
+/// `--fastopen` without bit 1 (client) of `net.ipv4.tcp_fastopen` would
+/// silently run ordinary connects: refuse instead.
+fn check_fastopen_client_sysctl() -> Result<()> {
+    const PATH: &str = "/proc/sys/net/ipv4/tcp_fastopen";
+    let text =
+        std::fs::read_to_string(PATH).with_context(|| format!("--fastopen: reading {PATH}"))?;
+    let bits: u32 = text
+        .trim()
+        .parse()
+        .with_context(|| format!("--fastopen: {PATH} holds {text:?}"))?;
+    if bits & 1 == 0 {
+        bail!(
+            "--fastopen: net.ipv4.tcp_fastopen is {bits}, without the client bit (1); \
+             run `sysctl -w net.ipv4.tcp_fastopen=3` (3 = client + server, see tuning/sysctl-corecast.conf)"
+        );
+    }
+    Ok(())
+}
+
 impl ConnsReport {
     pub fn print(&self) {
         let transport = self.transport.unwrap_or(Transport::Ws);
@@ -217,7 +250,8 @@ impl ConnsReport {
         } else {
             ""
         };
-        println!("conns ({transport:?}{pipelined}{ack})");
+        let tfo = if self.fastopen { ", TCP Fast Open" } else { "" };
+        println!("conns ({transport:?}{pipelined}{ack}{tfo})");
         println!(
             "  authenticated          {:>12} of {} ({} failed){}",
             self.authed,
