@@ -4,16 +4,13 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use slab::Slab;
 
-use super::conn::{
-    Conn, Filters, OutQueue, Proto, State, F_CLOSE_DONE, F_DIRTY, F_RECV_ARMED, F_SEND_INFLIGHT,
-    OUT_POOL,
-};
+use super::conn::{Conn, Filters, OutQueue, Proto, State, F_RECV_ARMED};
 use super::deliver::RoomBatch;
-use super::index::{Keys, Mids, Rooms, NIL};
+use super::index::{Keys, Mids, Rooms};
 use super::uring::{build_ring, decode_ud, encode_ud, gen_bits, BufRing, Kind};
 use super::wheel::Wheel;
 use super::{Settings, ShardListeners};
@@ -280,7 +277,7 @@ impl Shard {
         }
     }
 
-    fn live(&mut self, gen: u32, key: u32) -> Option<&mut Conn> {
+    pub(super) fn live(&mut self, gen: u32, key: u32) -> Option<&mut Conn> {
         self.conns
             .get_mut(key as usize)
             .filter(|c| gen_bits(c.gen) == gen)
@@ -371,61 +368,6 @@ impl Shard {
         }
     }
 
-    fn on_send(&mut self, gen: u32, key: u32, res: i32) {
-        let Some(c) = self
-            .conns
-            .get_mut(key as usize)
-            .filter(|c| gen_bits(c.gen) == gen)
-        else {
-            return;
-        };
-        c.flags &= !F_SEND_INFLIGHT;
-        let state = c.state;
-        if res >= 0 {
-            self.counters.bytes_out += res as u64;
-            self.counters.sends += 1;
-            let out = c.out.as_mut().expect("send in flight has a queue");
-            out.complete_send(res as usize);
-            if out.is_idle() {
-                if let Some(q) = c.out.take() {
-                    self.recycle_out(q);
-                }
-                if state == State::Closing {
-                    self.finish_close(key);
-                }
-            } else if !c.has(F_DIRTY) && state != State::Closed {
-                c.flags |= F_DIRTY;
-                self.dirty.push(key);
-            }
-        } else {
-            if let Some(out) = c.out.as_mut() {
-                out.inflight.clear();
-            }
-            match state {
-                State::Closing => self.finish_close(key),
-                State::Closed => {}
-                _ => self.begin_close(key, CloseReason::IoError, None),
-            }
-        }
-        self.maybe_remove(key);
-    }
-
-    fn on_closed(&mut self, gen: u32, key: u32) {
-        if let Some(c) = self.live(gen, key) {
-            c.flags |= F_CLOSE_DONE;
-            self.maybe_remove(key);
-        }
-    }
-
-    fn maybe_remove(&mut self, key: u32) {
-        if let Some(c) = self.conns.get(key as usize) {
-            if c.state == State::Closed && c.has(F_CLOSE_DONE) && !c.has(F_SEND_INFLIGHT) {
-                let c = self.conns.remove(key as usize);
-                self.filters.release(c.filter);
-            }
-        }
-    }
-
     /// Sets a connection's deadline (tick), filing a wheel entry if the new
     /// deadline is earlier than the one filed.
     pub(super) fn set_deadline(&mut self, key: u32, deadline: u32) {
@@ -466,222 +408,6 @@ impl Shard {
         if Instant::now() >= self.next_report {
             self.next_report = Instant::now() + self.s.report_interval;
             self.send_report(false);
-        }
-    }
-
-    fn expire(&mut self, key: u32) {
-        let c = &self.conns[key as usize];
-        match c.state {
-            State::Upgrade => self.begin_close(key, CloseReason::HandshakeTimeout, None),
-            State::Auth => {
-                let bye = self.farewell(key, 1008, "auth timeout");
-                self.begin_close(key, CloseReason::HandshakeTimeout, Some(bye));
-            }
-            State::Open => {
-                let bye = self.farewell(key, 1000, "heartbeat timeout");
-                self.begin_close(key, CloseReason::HeartbeatTimeout, Some(bye));
-            }
-            State::Closing => {
-                if let Some(out) = self.conns[key as usize].out.as_mut() {
-                    out.discard_queued();
-                }
-                self.finish_close(key);
-            }
-            State::Closed => {}
-        }
-    }
-
-    /// Starts closing: counts the reason, removes the connection from every
-    /// index, then flushes `farewell` (if any; other queued output is
-    /// dropped) before the socket is closed.
-    pub(super) fn begin_close(&mut self, key: u32, reason: CloseReason, farewell: Option<Bytes>) {
-        let Some(c) = self.conns.get(key as usize) else {
-            return;
-        };
-        if matches!(c.state, State::Closing | State::Closed) {
-            return;
-        }
-        self.counters.closes[reason as usize] += 1;
-        self.unindex(key);
-        let c = &mut self.conns[key as usize];
-        c.state = State::Closing;
-        // Replies already queued (e.g. the op-8 error) go out before the
-        // goodbye, except when the queue is the problem or nobody listens.
-        if farewell.is_none() || reason == CloseReason::SlowConsumer {
-            if let Some(out) = c.out.as_mut() {
-                out.discard_queued();
-            }
-        }
-        match farewell {
-            Some(b) => {
-                c.out.get_or_insert_with(Default::default).push(b);
-                if !c.has(F_DIRTY) {
-                    c.flags |= F_DIRTY;
-                    self.dirty.push(key);
-                }
-                let d = self.now + self.s.close_linger;
-                self.set_deadline(key, d);
-            }
-            None => {
-                if !c.has(F_SEND_INFLIGHT) {
-                    self.finish_close(key);
-                } else {
-                    let d = self.now + self.s.close_linger;
-                    self.set_deadline(key, d);
-                }
-            }
-        }
-    }
-
-    /// Cancels the connection's requests and closes its direct descriptor.
-    pub(super) fn finish_close(&mut self, key: u32) {
-        let c = &mut self.conns[key as usize];
-        if c.state == State::Closed {
-            return;
-        }
-        c.state = State::Closed;
-        c.ext = None;
-        if let Some(out) = c.out.as_mut() {
-            out.discard_queued();
-        }
-        let (slot, gen) = (c.slot, c.gen);
-        // Cancel by user_data, not by fd: an fd match makes the kernel walk
-        // every pending request of the ring (O(connections) per close, which
-        // turned a mass disconnect into tens of seconds of CLOSE_WAIT).
-        let mut chain: [Option<squeue::Entry>; 3] = [None, None, None];
-        if c.has(F_RECV_ARMED) {
-            chain[0] = Some(
-                opcode::AsyncCancel::new(encode_ud(Kind::Recv, gen, key))
-                    .build()
-                    .flags(squeue::Flags::IO_HARDLINK)
-                    .user_data(encode_ud(Kind::Cancel, gen, key)),
-            );
-        }
-        if c.has(F_SEND_INFLIGHT) {
-            chain[1] = Some(
-                opcode::AsyncCancel::new(encode_ud(Kind::Send, gen, key))
-                    .build()
-                    .flags(squeue::Flags::IO_HARDLINK)
-                    .user_data(encode_ud(Kind::Cancel, gen, key)),
-            );
-        }
-        chain[2] = Some(
-            opcode::Close::new(types::Fixed(slot))
-                .build()
-                .user_data(encode_ud(Kind::Close, gen, key)),
-        );
-        self.push_sqe_chain(&chain);
-    }
-
-    /// Queues hard-linked SQEs together (a link only binds SQEs submitted
-    /// in one batch, so room is made for all of them first).
-    fn push_sqe_chain(&mut self, chain: &[Option<squeue::Entry>]) {
-        let n = chain.iter().flatten().count();
-        let free = {
-            let sq = self.ring.submission();
-            sq.capacity() - sq.len()
-        };
-        if free < n {
-            let _ = self.ring.submit();
-        }
-        for e in chain.iter().flatten() {
-            self.push_sqe(e);
-        }
-    }
-
-    /// Removes a connection from the room, key and mid indexes.
-    pub(super) fn unindex(&mut self, key: u32) {
-        let c = &mut self.conns[key as usize];
-        let ws = c.proto == Proto::Ws;
-        if c.room != NIL {
-            let (room, pos) = (c.room, c.room_pos);
-            c.room = NIL;
-            if let Some(moved) = self.rooms.leave(room, pos, ws) {
-                self.conns[moved as usize].room_pos = pos;
-            }
-        }
-        let c = &mut self.conns[key as usize];
-        if c.state == State::Open {
-            if let Some(k) = c.ext.as_mut().and_then(|e| e.key.take()) {
-                self.keys.remove(&k, key);
-            }
-            self.mid_unlink(key);
-        }
-    }
-
-    pub(super) fn mid_link(&mut self, key: u32) {
-        let mid = self.conns[key as usize].mid;
-        let head = self.mids.heads.insert(mid, key).unwrap_or(NIL);
-        let c = &mut self.conns[key as usize];
-        c.mid_prev = NIL;
-        c.mid_next = head;
-        if head != NIL {
-            self.conns[head as usize].mid_prev = key;
-        }
-    }
-
-    fn mid_unlink(&mut self, key: u32) {
-        let c = &mut self.conns[key as usize];
-        let (prev, next, mid) = (c.mid_prev, c.mid_next, c.mid);
-        c.mid_prev = NIL;
-        c.mid_next = NIL;
-        if prev != NIL {
-            self.conns[prev as usize].mid_next = next;
-        } else if next != NIL {
-            self.mids.heads.insert(mid, next);
-        } else {
-            self.mids.heads.remove(&mid);
-        }
-        if next != NIL {
-            self.conns[next as usize].mid_prev = prev;
-        }
-    }
-
-    /// Keeps an emptied send queue for reuse (bounded, see [`OUT_POOL`]).
-    fn recycle_out(&mut self, q: Box<OutQueue>) {
-        if self.out_pool.len() < OUT_POOL && q.reusable() {
-            self.out_pool.push(q);
-        }
-    }
-
-    /// Issues at most one send per connection with queued output: a plain
-    /// Send for one buffer (cheaper in the kernel than SendMsg's msghdr and
-    /// iovec import), SendMsg for several.
-    fn flush_sends(&mut self) {
-        let mut dirty = std::mem::take(&mut self.dirty);
-        for &key in &dirty {
-            let Some(c) = self.conns.get_mut(key as usize) else {
-                continue;
-            };
-            c.flags &= !F_DIRTY;
-            if c.has(F_SEND_INFLIGHT) || c.state == State::Closed {
-                continue;
-            }
-            let Some(out) = c.out.as_mut() else { continue };
-            let e = match out.prepare_send() {
-                0 => {
-                    if let Some(q) = c.out.take() {
-                        self.recycle_out(q);
-                    }
-                    continue;
-                }
-                1 => {
-                    let b = &out.inflight[0];
-                    opcode::Send::new(types::Fixed(c.slot), b.as_ptr(), b.len() as u32)
-                        .flags(libc::MSG_NOSIGNAL)
-                        .build()
-                }
-                _ => opcode::SendMsg::new(types::Fixed(c.slot), &out.msg as *const libc::msghdr)
-                    .flags(libc::MSG_NOSIGNAL as u32)
-                    .build(),
-            }
-            .user_data(encode_ud(Kind::Send, c.gen, key));
-            c.flags |= F_SEND_INFLIGHT;
-            self.push_sqe(&e);
-        }
-        dirty.clear();
-        if self.dirty.is_empty() {
-            self.dirty = dirty;
         }
     }
 

@@ -4,8 +4,10 @@
 //! rings (`crate::fanout`).
 //!
 //! - `uring`: ring setup, provided buffers, user_data encoding.
-//! - `event_loop`: the `Shard` and its loop (accept, recv, send, close,
-//!   timers, reports, shutdown).
+//! - `event_loop`: the `Shard` and its loop (accept, recv, timers,
+//!   reports, shutdown).
+//! - `send`: one send SQE per dirty connection per turn, completions.
+//! - `close`: timeouts, the close sequence and index removal.
 //! - `input`: bytes → HTTP upgrade / WS frames / goim packets.
 //! - `ops`: what each goim op does (auth, heartbeat, rooms, filters).
 //! - `deliver`: pushes, room batching, send queues and the byte cap.
@@ -13,6 +15,7 @@
 //!   the timing wheel.
 //! - `host`: preflight checks and `corecast host-check`.
 
+mod close;
 mod conn;
 mod deliver;
 mod event_loop;
@@ -20,6 +23,7 @@ pub mod host;
 mod index;
 mod input;
 mod ops;
+mod send;
 mod uring;
 mod wheel;
 
