@@ -5,17 +5,13 @@
 //! The end-to-end test needs `net.ipv4.tcp_fastopen = 3` (client and server
 //! bits) and fails, naming the setting, without it.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::Duration;
 
-use corecast_protocol::packet::{encode_packet_to_vec, parse_single_packet};
-use corecast_protocol::ws::frame::{encode_client_frame, FrameDecoder, Opcode};
-use corecast_protocol::ws::handshake::{
-    key_from_bytes, parse_upgrade_response, write_upgrade_request,
-};
-use corecast_testkit::server::{auth_body, op, Server};
+use corecast_testkit::pipelined::{pipelined_auth, read_101_and_packet};
+use corecast_testkit::server::{op, Server};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 const BIN: &str = env!("CARGO_BIN_EXE_corecast");
@@ -128,11 +124,7 @@ fn listeners_carry_the_configured_fastopen_queue() {
 /// WS upgrade + op 7 in one write on a TCP_FASTOPEN_CONNECT socket; returns
 /// the reply (op, seq, body) and whether the request rode in the SYN.
 fn fastopen_auth(ws: SocketAddr, mid: i64) -> ((u32, u32, Vec<u8>), bool) {
-    let key = key_from_bytes([9u8; 16]);
-    let mut req = Vec::new();
-    write_upgrade_request(&ws.to_string(), "/sub", &key, &mut req);
-    let auth = encode_packet_to_vec(op::AUTH, 1, &auth_body(mid, "", "live://1", &[], None));
-    encode_client_frame(Opcode::Binary, &auth, [1, 2, 3, 4], &mut req);
+    let hs = pipelined_auth(&ws.to_string(), mid, "live://1");
 
     let s = Socket::new(Domain::IPV4, Type::STREAM, Some(Protocol::TCP)).expect("socket");
     let one: libc::c_int = 1;
@@ -156,24 +148,8 @@ fn fastopen_auth(ws: SocketAddr, mid: i64) -> ((u32, u32, Vec<u8>), bool) {
     s.connect(&SockAddr::from(ws)).expect("connect");
     let mut s: TcpStream = s.into();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    s.write_all(&req).expect("upgrade + op 7");
-
-    let mut buf = Vec::new();
-    let mut dec = FrameDecoder::client(1 << 20);
-    let reply = loop {
-        let mut b = [0u8; 1024];
-        let n = s.read(&mut b).expect("read the 101 and op 8");
-        assert!(n > 0, "closed early: {:?}", String::from_utf8_lossy(&buf));
-        buf.extend_from_slice(&b[..n]);
-        let Some(used) = parse_upgrade_response(&buf, &key).expect("a valid 101") else {
-            continue;
-        };
-        let mut rest = buf[used..].to_vec();
-        if let Some((frame, _)) = dec.decode(&mut rest).expect("a valid frame") {
-            let p = parse_single_packet(frame.payload, 1 << 20).expect("a goim packet");
-            break (p.op, p.seq, p.body.to_vec());
-        }
-    };
+    s.write_all(&hs.request).expect("upgrade + op 7");
+    let reply = read_101_and_packet(&mut s, &hs.key).expect("the 101 and op 8");
     // SAFETY: tcp_info is plain data; getsockopt writes at most `len` bytes.
     let options = unsafe {
         let mut info: libc::tcp_info = std::mem::zeroed();

@@ -278,22 +278,8 @@ impl ControlState {
             });
         }
         self.count_push(&push);
-        let mut failed = Vec::new();
-        let mut reason = "";
-        for shard in 0..self.shard_count() {
-            if let Err(e) = self.send_to(shard, ShardMsg::Push(push.clone())).await {
-                failed.push(shard);
-                reason = e;
-            }
-        }
-        if failed.is_empty() {
-            Ok(())
-        } else {
-            Err(DispatchError {
-                shards: failed,
-                reason,
-            })
-        }
+        self.send_to_every_shard(|| ShardMsg::Push(push.clone()))
+            .await
     }
 
     /// Hands a batch of pushes (Kafka ingest) to every shard as one ring item
@@ -312,10 +298,17 @@ impl ControlState {
                 c.push_body_bytes += (p.packet.len() - crate::fanout::PACKET_HEADER_LEN) as u64;
             }
         }
+        self.send_to_every_shard(|| ShardMsg::Pushes(batch.clone()))
+            .await
+    }
+
+    /// One ring item per shard; the shards whose ring refused it are
+    /// returned with the last reason.
+    async fn send_to_every_shard(&self, msg: impl Fn() -> ShardMsg) -> Result<(), DispatchError> {
         let mut failed = Vec::new();
         let mut reason = "";
         for shard in 0..self.shard_count() {
-            if let Err(e) = self.send_to(shard, ShardMsg::Pushes(batch.clone())).await {
+            if let Err(e) = self.send_to(shard, msg()).await {
                 failed.push(shard);
                 reason = e;
             }
