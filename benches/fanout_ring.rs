@@ -151,53 +151,41 @@ fn u64_batched_with(iters: u64, ring: usize, batch: usize) -> Duration {
 }
 
 fn shard_msgs(iters: u64) -> Duration {
-    let (p_cpu, c_cpu) = cpus();
-    let total = ITEMS * iters;
     let push = Push::new(PushTarget::Room("live://1000".into()), 1000, &[7u8; 64]);
-    let (mut tx, mut rx) = rtrb::RingBuffer::<ShardMsg>::new(RING);
-    let consumer = std::thread::spawn(move || {
-        pin_to(c_cpu);
-        let mut got = 0u64;
-        let mut bytes = 0usize;
-        while got < total {
-            match rx.pop() {
-                Ok(ShardMsg::Push(p)) => {
-                    bytes += p.packet.len();
-                    got += 1;
-                }
-                Ok(_) => unreachable!(),
-                Err(_) => std::hint::spin_loop(),
-            }
-        }
-        black_box(bytes)
-    });
-    pin_to(p_cpu);
-    let start = Instant::now();
-    let mut i = 0u64;
-    let mut pending = None;
-    while i < total {
-        let msg = pending
-            .take()
-            .unwrap_or_else(|| ShardMsg::Push(push.clone()));
-        match tx.push(msg) {
-            Ok(()) => i += 1,
-            Err(rtrb::PushError::Full(m)) => {
-                pending = Some(m);
-                std::hint::spin_loop();
-            }
-        }
-    }
-    consumer.join().unwrap();
-    start.elapsed()
+    shard_msg_handoff(
+        ITEMS * iters,
+        move || ShardMsg::Push(push.clone()),
+        |m| match m {
+            ShardMsg::Push(p) => p.packet.len(),
+            _ => unreachable!(),
+        },
+    )
 }
 
 /// Pushes per `ShardMsg::Pushes` in `shard_msg/batch256`.
 const PUSH_BATCH: usize = 256;
 
 fn shard_msg_batches(iters: u64) -> Duration {
-    let (p_cpu, c_cpu) = cpus();
-    let total = ITEMS * iters / PUSH_BATCH as u64;
     let push = Push::new(PushTarget::Room("live://1000".into()), 1000, &[7u8; 64]);
+    shard_msg_handoff(
+        ITEMS * iters / PUSH_BATCH as u64,
+        move || ShardMsg::Pushes(PushBatch::from_pushes(vec![push.clone(); PUSH_BATCH])),
+        // The shard hands each push of a batch on as an owned clone.
+        |m| match m {
+            ShardMsg::Pushes(b) => b.iter().map(|p| black_box(p.clone()).packet.len()).sum(),
+            _ => unreachable!(),
+        },
+    )
+}
+
+/// `total` messages made by `make` on one core, popped and dropped after
+/// `consume` on the other, both spinning on a full or empty ring.
+fn shard_msg_handoff(
+    total: u64,
+    make: impl Fn() -> ShardMsg,
+    consume: fn(ShardMsg) -> usize,
+) -> Duration {
+    let (p_cpu, c_cpu) = cpus();
     let (mut tx, mut rx) = rtrb::RingBuffer::<ShardMsg>::new(RING);
     let consumer = std::thread::spawn(move || {
         pin_to(c_cpu);
@@ -205,14 +193,10 @@ fn shard_msg_batches(iters: u64) -> Duration {
         let mut bytes = 0usize;
         while got < total {
             match rx.pop() {
-                Ok(ShardMsg::Pushes(b)) => {
-                    for p in b.iter() {
-                        // The shard hands each push on as an owned clone.
-                        bytes += black_box(p.clone()).packet.len();
-                    }
+                Ok(m) => {
+                    bytes += consume(m);
                     got += 1;
                 }
-                Ok(_) => unreachable!(),
                 Err(_) => std::hint::spin_loop(),
             }
         }
@@ -223,9 +207,7 @@ fn shard_msg_batches(iters: u64) -> Duration {
     let mut i = 0u64;
     let mut pending = None;
     while i < total {
-        let msg = pending.take().unwrap_or_else(|| {
-            ShardMsg::Pushes(PushBatch::from_pushes(vec![push.clone(); PUSH_BATCH]))
-        });
+        let msg = pending.take().unwrap_or_else(&make);
         match tx.push(msg) {
             Ok(()) => i += 1,
             Err(rtrb::PushError::Full(m)) => {
