@@ -188,7 +188,8 @@ impl RequestCounter {
             } else if h.name.eq_ignore_ascii_case("content-length") {
                 match std::str::from_utf8(h.value)
                     .ok()
-                    .and_then(|v| v.trim().parse().ok())
+                    .and_then(content_length)
+                    .filter(|n| length.is_none_or(|l| l == *n))
                 {
                     Some(n) => length = Some(n),
                     None => {
@@ -207,9 +208,36 @@ impl RequestCounter {
     }
 }
 
+/// A Content-Length value as hyper reads it: digits only, or a list of equal
+/// values (`5, 5`, RFC 9110 §8.6); anything else is a bad request.
+fn content_length(v: &str) -> Option<u64> {
+    let mut n = None;
+    for part in v.split(',').map(str::trim) {
+        if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let m: u64 = part.parse().ok()?;
+        if n.is_some_and(|n| n != m) {
+            return None;
+        }
+        n = Some(m);
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn content_length_values() {
+        assert_eq!(content_length("5"), Some(5));
+        assert_eq!(content_length(" 5 , 5"), Some(5));
+        assert_eq!(content_length("5, 6"), None);
+        assert_eq!(content_length("+5"), None);
+        assert_eq!(content_length(""), None);
+        assert_eq!(content_length("5,"), None);
+    }
 
     const STREAM: &[u8] = b"POST /goim/push/room?operation=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
 GET /health HTTP/1.1\r\nHost: x\r\n\r\n\
