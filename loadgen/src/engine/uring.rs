@@ -20,6 +20,9 @@ pub struct Completion {
 pub struct Uring {
     ring: IoUring,
     completions: Vec<Completion>,
+    /// Completions reaped while pushing (the kernel refused to submit until
+    /// the CQ drained); handed out first by the next `wait`.
+    backlog: Vec<Completion>,
 }
 
 impl Uring {
@@ -44,6 +47,7 @@ impl Uring {
         Ok(Self {
             ring,
             completions: Vec::with_capacity(cq_entries as usize),
+            backlog: Vec::new(),
         })
     }
 
@@ -82,7 +86,9 @@ impl Uring {
             match self.ring.submit() {
                 Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
-                    // CQ overflow backlog: reap before submitting more.
+                    // CQ overflow backlog: reap, so that a caller looping on
+                    // a full SQ makes progress instead of spinning.
+                    self.reap_into_backlog();
                     return Ok(0);
                 }
                 other => return other,
@@ -107,6 +113,7 @@ impl Uring {
             Err(e) => return Err(e),
         }
         self.completions.clear();
+        self.completions.append(&mut self.backlog);
         for cqe in self.ring.completion() {
             self.completions.push(Completion {
                 user_data: cqe.user_data(),
@@ -115,6 +122,16 @@ impl Uring {
             });
         }
         Ok(&self.completions)
+    }
+
+    fn reap_into_backlog(&mut self) {
+        for cqe in self.ring.completion() {
+            self.backlog.push(Completion {
+                user_data: cqe.user_data(),
+                result: cqe.result(),
+                flags: cqe.flags(),
+            });
+        }
     }
 
     /// Completions copied by the last `wait`, for callers that need `&mut self` meanwhile.
