@@ -51,6 +51,9 @@ pub struct Shard {
     pub(super) out_pool: Vec<Box<OutQueue>>,
     pub(super) room_counts: Option<Arc<RoomCounts>>,
     cqes: Vec<(u64, i32, u32)>,
+    /// CQEs reaped inside `push_sqe` when the kernel refused to submit until
+    /// the CQ drained (EBUSY); handled first on the next turn.
+    cqe_backlog: Vec<(u64, i32, u32)>,
     fired: Vec<(u32, u32, u32)>,
     eventfd_buf: Box<u64>,
     tick_ts: Box<types::Timespec>,
@@ -114,6 +117,7 @@ impl Shard {
             out_pool: Vec::new(),
             room_counts: None,
             cqes: Vec::with_capacity(1024),
+            cqe_backlog: Vec::new(),
             fired: Vec::new(),
             eventfd_buf: Box::new(0),
             tick_ts: Box::new(
@@ -143,8 +147,17 @@ impl Shard {
             if unsafe { self.ring.submission().push(e) }.is_ok() {
                 return;
             }
-            if let Err(err) = self.ring.submit() {
-                tracing::warn!(shard = self.id, %err, "io_uring submit failed");
+            match self.ring.submit() {
+                Err(err) if err.raw_os_error() == Some(libc::EBUSY) => {
+                    // A CQ backlog blocks submission: move it aside so the
+                    // kernel can take the SQ (handled on the next turn).
+                    for cqe in self.ring.completion() {
+                        self.cqe_backlog
+                            .push((cqe.user_data(), cqe.result(), cqe.flags()));
+                    }
+                }
+                Err(err) => tracing::warn!(shard = self.id, %err, "io_uring submit failed"),
+                Ok(_) => {}
             }
         }
     }
@@ -238,6 +251,7 @@ impl Shard {
             }
             let t0 = Instant::now();
             self.cqes.clear();
+            self.cqes.append(&mut self.cqe_backlog);
             for cqe in self.ring.completion() {
                 self.cqes.push((cqe.user_data(), cqe.result(), cqe.flags()));
             }
