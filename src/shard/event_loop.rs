@@ -225,6 +225,7 @@ impl Shard {
                 .next_due()
                 .map(|due| due.saturating_duration_since(Instant::now()));
             let busy = !self.dirty.is_empty()
+                || !self.cqe_backlog.is_empty()
                 || self.inbox.pending() > 0
                 || held.is_some_and(|d| d.is_zero());
             let res = if !busy && self.inbox.prepare_to_sleep() {
