@@ -360,7 +360,16 @@ impl Worker {
                     .conns
                     .get_mut(idx as usize)
                     .and_then(|c| c.pending.take());
-                let len = pending.as_ref().map(|b| b.len());
+                // A Fast Open SYN carries at most one segment of data: the
+                // kernel then reports a short send and the rest goes next.
+                let rest = match &pending {
+                    Some(p) if c.result > 0 && (c.result as usize) < p.len() => {
+                        let mut rest = self.send_buf();
+                        rest.extend_from_slice(&p[c.result as usize..]);
+                        Some(rest)
+                    }
+                    _ => None,
+                };
                 if let Some(buf) = pending {
                     self.recycle_send_buf(buf);
                 }
@@ -391,14 +400,13 @@ impl Worker {
                     let err = std::io::Error::from_raw_os_error(-c.result);
                     return self.fail(idx, || format!("first send: {err}"));
                 }
-                if len.is_some_and(|l| (c.result as usize) < l) {
-                    self.totals.protocol_errors += 1;
-                    return self.fail(idx, || "short send of a small buffer".into());
-                }
                 self.conns[idx as usize].state = match self.spec.plan.transport {
                     Transport::Ws => State::Handshaking,
                     Transport::Tcp => State::Authing,
                 };
+                if let Some(rest) = rest {
+                    return self.send_owned(idx, rest);
+                }
             }
             K_CHAIN if c.result < 0 && c.result != -libc::ECANCELED => {
                 let err = std::io::Error::from_raw_os_error(-c.result);
