@@ -399,6 +399,18 @@ fn render_control(out: &mut String, c: &ControlCounters) {
     }
     header(
         out,
+        "corecast_ring_blocked_waits_total",
+        "counter",
+        "Push-timeout periods a Kafka batch waited on a full shard ring (held, not dropped).",
+    );
+    for (i, n) in c.ring_blocked_waits.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "corecast_ring_blocked_waits_total{{shard=\"{i}\"}} {n}"
+        );
+    }
+    header(
+        out,
         "corecast_shard_reports_total",
         "counter",
         "Reports received from each shard.",

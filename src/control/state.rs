@@ -38,6 +38,9 @@ pub struct ControlCounters {
     /// Per shard: pushes not delivered because the ring stayed full past
     /// `push_timeout` (reported to the caller as an error).
     pub push_timeouts: Vec<u64>,
+    /// Per shard: `push_timeout` periods a Kafka batch spent waiting on a
+    /// full ring (backpressure: it is held, not dropped).
+    pub ring_blocked_waits: Vec<u64>,
     /// Per shard: pushes not delivered because the shard had stopped.
     pub push_closed: Vec<u64>,
     /// Per shard: reports received.
@@ -97,6 +100,7 @@ impl ControlState {
         let counters = ControlCounters {
             ring_full_waits: vec![0; n],
             push_timeouts: vec![0; n],
+            ring_blocked_waits: vec![0; n],
             push_closed: vec![0; n],
             reports_received: vec![0; n],
             ..Default::default()
@@ -230,6 +234,20 @@ impl ControlState {
     /// Queues `msg` for `shard`, waiting (bounded by `push_timeout`) while
     /// its ring is full. Other tasks of the executor run while it waits.
     async fn send_to(&self, shard: usize, msg: ShardMsg) -> Result<(), &'static str> {
+        self.send_to_within(shard, msg, Some(self.cfg.push_timeout))
+            .await
+    }
+
+    /// Queues `msg` for `shard`, waiting while its ring is full: at most
+    /// `timeout`, or with `None` until the ring takes it or shutdown
+    /// (backpressure: a blocked wait is logged every `push_timeout` and
+    /// counted in `ring_blocked_waits`).
+    async fn send_to_within(
+        &self,
+        shard: usize,
+        msg: ShardMsg,
+        timeout: Option<Duration>,
+    ) -> Result<(), &'static str> {
         let mut msg = msg;
         let mut deadline: Option<Instant> = None;
         let mut backoff = Duration::from_micros(20);
@@ -242,13 +260,24 @@ impl ControlState {
                 }
                 Err(SendError::Full(m)) => {
                     let now = Instant::now();
-                    let deadline = *deadline.get_or_insert_with(|| {
+                    let due = *deadline.get_or_insert_with(|| {
                         self.counters.borrow_mut().ring_full_waits[shard] += 1;
                         now + self.cfg.push_timeout
                     });
-                    if now >= deadline {
-                        self.counters.borrow_mut().push_timeouts[shard] += 1;
-                        return Err("shard ring full past push timeout");
+                    if now >= due {
+                        if timeout.is_some() {
+                            self.counters.borrow_mut().push_timeouts[shard] += 1;
+                            return Err("shard ring full past push timeout");
+                        }
+                        if self.stopping.get() {
+                            return Err("server is shutting down");
+                        }
+                        self.counters.borrow_mut().ring_blocked_waits[shard] += 1;
+                        tracing::warn!(
+                            shard,
+                            "shard ring still full: holding the Kafka batch (backpressure)"
+                        );
+                        deadline = Some(now + self.cfg.push_timeout);
                     }
                     msg = m;
                 }
@@ -283,7 +312,10 @@ impl ControlState {
     }
 
     /// Hands a batch of pushes (Kafka ingest) to every shard as one ring item
-    /// per shard, like [`dispatch`](Self::dispatch) does for one push.
+    /// per shard. Unlike [`dispatch`](Self::dispatch) a full ring is waited
+    /// out however long it stays full (the consumer stops fetching, so the
+    /// offset does not move past undelivered records); each shard gets the
+    /// batch once. Only shutdown (or a stopped shard) ends the wait early.
     pub async fn dispatch_batch(&self, batch: PushBatch) -> Result<(), DispatchError> {
         if self.stopping.get() {
             return Err(DispatchError {
@@ -298,17 +330,30 @@ impl ControlState {
                 c.push_body_bytes += (p.packet.len() - crate::fanout::PACKET_HEADER_LEN) as u64;
             }
         }
-        self.send_to_every_shard(|| ShardMsg::Pushes(batch.clone()))
+        self.send_to_every_shard_within(|| ShardMsg::Pushes(batch.clone()), None)
             .await
     }
 
     /// One ring item per shard; the shards whose ring refused it are
     /// returned with the last reason.
     async fn send_to_every_shard(&self, msg: impl Fn() -> ShardMsg) -> Result<(), DispatchError> {
+        self.send_to_every_shard_within(msg, Some(self.cfg.push_timeout))
+            .await
+    }
+
+    /// [`send_to_every_shard`](Self::send_to_every_shard) with each shard's
+    /// wait bounded by `timeout` (`None`: until shutdown). Shards are served
+    /// in order and each one once, so a retried wait never resends to a
+    /// shard that already took the item.
+    async fn send_to_every_shard_within(
+        &self,
+        msg: impl Fn() -> ShardMsg,
+        timeout: Option<Duration>,
+    ) -> Result<(), DispatchError> {
         let mut failed = Vec::new();
         let mut reason = "";
         for shard in 0..self.shard_count() {
-            if let Err(e) = self.send_to(shard, msg()).await {
+            if let Err(e) = self.send_to_within(shard, msg(), timeout).await {
                 failed.push(shard);
                 reason = e;
             }

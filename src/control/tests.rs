@@ -10,9 +10,10 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::{spawn, ControlConfig, ControlHandle};
+use super::{spawn, ControlConfig, ControlHandle, ControlTask};
 use crate::fanout::{
-    channel, ChannelSizes, PushTarget, ShardInbox, ShardMsg, ShardReport, Shutdown,
+    channel, ChannelSizes, PushBatchBuilder, PushTarget, ShardInbox, ShardMsg, ShardReport,
+    Shutdown,
 };
 
 /// What a stand-in shard saw.
@@ -92,6 +93,10 @@ struct Rig {
 
 impl Rig {
     fn new(ring: usize) -> Rig {
+        Rig::with_tasks(ring, Vec::new())
+    }
+
+    fn with_tasks(ring: usize, tasks: Vec<ControlTask>) -> Rig {
         let shutdown = Shutdown::new();
         let mut links = Vec::new();
         let mut shards = Vec::new();
@@ -119,7 +124,7 @@ impl Rig {
             max_requests_per_conn: 3,
             ..ControlConfig::default()
         };
-        let control = spawn(cfg, links, shutdown.clone(), Vec::new()).unwrap();
+        let control = spawn(cfg, links, shutdown.clone(), tasks).unwrap();
         let addr = control.local_addr();
         Rig {
             control: Some(control),
@@ -315,4 +320,91 @@ fn connection_closes_after_max_requests() {
     // The server closed after the third reply.
     let mut rest = Vec::new();
     assert_eq!(s.read_to_end(&mut rest).unwrap_or(0), 0);
+}
+
+/// Kafka batches wait out a stalled shard (backpressure) instead of being
+/// dropped after `push_timeout`, and every shard gets each batch once.
+#[test]
+fn batch_dispatch_waits_out_a_full_ring_and_sends_each_shard_once() {
+    // One result per batch, in dispatch order.
+    let results: Arc<Mutex<Vec<Result<(), String>>>> = Arc::default();
+    let go = Arc::new(AtomicBool::new(false));
+    let (r, g) = (results.clone(), go.clone());
+    let task: ControlTask = Box::new(move |d| {
+        glommio::spawn_local(async move {
+            while !g.load(Ordering::Acquire) {
+                glommio::timer::sleep(Duration::from_millis(5)).await;
+            }
+            for i in 0..4u32 {
+                let mut b = PushBatchBuilder::new();
+                b.push(PushTarget::All, 1000 + i, format!("a{i}").as_bytes());
+                b.push(PushTarget::All, 1000 + i, format!("b{i}").as_bytes());
+                let res = d.dispatch_batch(b.finish()).await;
+                r.lock().unwrap().push(res.map_err(|e| e.to_string()));
+            }
+        })
+        .detach();
+    });
+    let rig = Rig::with_tasks(2, vec![task]);
+    // Let the first room-count snapshots through, then stall shard 1.
+    std::thread::sleep(Duration::from_millis(100));
+    rig.shards[1].draining.store(false, Ordering::Release);
+    std::thread::sleep(Duration::from_millis(20));
+    go.store(true, Ordering::Release);
+
+    // Blocked past several push timeouts (300 ms each): counted, not dropped.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, metrics) = rig.request("GET", "/metrics", b"");
+        let text = metrics.as_str().unwrap().to_owned();
+        let blocked = text
+            .lines()
+            .find_map(|l| l.strip_prefix("corecast_ring_blocked_waits_total{shard=\"1\"} "))
+            .map(|n| n.parse::<u64>().unwrap())
+            .unwrap_or_else(|| panic!("no blocked-wait counter for shard 1:\n{text}"));
+        if blocked >= 2 {
+            assert!(
+                text.lines().any(
+                    |l| l == "corecast_drops_total{shard=\"1\",reason=\"ring_full_timeout\"} 0"
+                ),
+                "{text}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "shard 1 never reported blocked:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        results.lock().unwrap().len() < 4,
+        "a stalled shard must hold the batches back"
+    );
+    assert!(results.lock().unwrap().iter().all(|r| r.is_ok()));
+
+    rig.shards[1].draining.store(true, Ordering::Release);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while results.lock().unwrap().len() < 4 {
+        assert!(Instant::now() < deadline, "batches never completed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        results.lock().unwrap().iter().all(|r| r.is_ok()),
+        "{:?}",
+        results.lock().unwrap()
+    );
+    // Every shard got every push exactly once, in order.
+    let want: Vec<u32> = (0..4).flat_map(|i| [1000 + i, 1000 + i]).collect();
+    for (i, shard) in rig.shards.iter().enumerate() {
+        let ops: Vec<u32> = shard
+            .seen
+            .lock()
+            .unwrap()
+            .pushes
+            .iter()
+            .map(|p| p.1)
+            .collect();
+        assert_eq!(ops, want, "shard {i}");
+    }
 }

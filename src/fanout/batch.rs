@@ -12,7 +12,7 @@
 use std::ops::Deref;
 use std::sync::Arc;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use corecast_protocol::packet::{self, op, PacketHeader, HEADER_LEN};
 use corecast_protocol::ws::frame::{Opcode, ServerFrameHeader};
 
@@ -123,6 +123,22 @@ impl PushBatchBuilder {
     }
 }
 
+impl Push {
+    /// A copy of this push in a buffer of its own. A push of a
+    /// [`PushBatch`] is a slice of a buffer shared with up to a whole
+    /// batch of others: whatever holds it past the moment holds all of them.
+    pub fn detached(&self) -> Push {
+        let ws_frame = Bytes::copy_from_slice(&self.ws_frame);
+        let packet = ws_frame.slice(ws_frame.len() - self.packet.len()..);
+        Push {
+            target: self.target.clone(),
+            op: self.op,
+            packet,
+            ws_frame,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,5 +166,23 @@ mod tests {
         assert_eq!(again.len(), 1);
         assert_eq!(&again[0].packet[HEADER_LEN..], b"x");
         assert_eq!(batch[0].target, PushTarget::All);
+    }
+
+    #[test]
+    fn detached_push_owns_its_bytes() {
+        let mut b = PushBatchBuilder::new();
+        b.push(PushTarget::All, 1000, b"first");
+        b.push(PushTarget::Room("r".into()), 1001, b"second");
+        let batch = b.finish();
+        let d = batch[1].detached();
+        assert_eq!(d.packet, batch[1].packet);
+        assert_eq!(d.ws_frame, batch[1].ws_frame);
+        assert_eq!((d.op, &d.target), (1001, &batch[1].target));
+        // The copy does not point into the batch's buffer.
+        let shared = batch[0].ws_frame.as_ptr_range().start..batch[1].ws_frame.as_ptr_range().end;
+        assert!(!shared.contains(&d.ws_frame.as_ptr()));
+        assert!(!shared.contains(&d.packet.as_ptr()));
+        // The packet is the tail of the frame, as in the batch.
+        assert_eq!(d.packet.as_ptr_range().end, d.ws_frame.as_ptr_range().end);
     }
 }

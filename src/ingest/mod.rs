@@ -190,6 +190,8 @@ impl PushSink for crate::control::Dispatcher {
 
     async fn deliver_batch(&self, batch: PushBatch) {
         let n = batch.len();
+        // Waits out full rings (backpressure); fails only on shutdown or a
+        // stopped shard.
         if let Err(e) = self.dispatch_batch(batch).await {
             tracing::warn!(error = %e, pushes = n, "kafka pushes not delivered to every shard");
         }

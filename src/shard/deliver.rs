@@ -104,40 +104,12 @@ impl RoomBatch {
 impl Shard {
     pub(super) fn on_msg(&mut self, m: ShardMsg) {
         match m {
-            ShardMsg::Push(p) => {
-                self.counters.pushes += 1;
-                match &p.target {
-                    PushTarget::Room(name) => {
-                        // A room with no member here costs one lookup.
-                        if let Some(id) = self.rooms.id_of(name) {
-                            // Per-turn batching (window 0) flushes every
-                            // entry whatever its due time: skip the clock.
-                            let (window, start) = (self.s.batch_window, self.start);
-                            let name = name.clone();
-                            self.batch.add(id, &name, p, || {
-                                if window.is_zero() {
-                                    start
-                                } else {
-                                    Instant::now() + window
-                                }
-                            });
-                        }
-                    }
-                    _ => {
-                        // Per-turn batching keeps one order across targets:
-                        // flush room batches first. A window holds them.
-                        if self.s.batch_window.is_zero() {
-                            self.flush_batches(true);
-                        }
-                        self.deliver_direct(&p);
-                    }
-                }
-            }
+            ShardMsg::Push(p) => self.on_push(p, false),
             // Kafka ingest: one ring item per fetched batch; each push takes
             // the single-push path, in order (clones are refcount bumps).
             ShardMsg::Pushes(batch) => {
                 for p in batch.iter() {
-                    self.on_msg(ShardMsg::Push(p.clone()));
+                    self.on_push(p.clone(), true);
                 }
             }
             ShardMsg::RoomCounts(rc) => self.room_counts = Some(rc),
@@ -145,7 +117,44 @@ impl Shard {
         }
     }
 
-    fn deliver_direct(&mut self, p: &Push) {
+    /// One push: room pushes join their room's batch, others go out now.
+    /// `shared`: its bytes are slices of a Kafka batch buffer.
+    fn on_push(&mut self, p: Push, shared: bool) {
+        self.counters.pushes += 1;
+        match &p.target {
+            PushTarget::Room(name) => {
+                // A room with no member here costs one lookup.
+                if let Some(id) = self.rooms.id_of(name) {
+                    // Per-turn batching (window 0) flushes every
+                    // entry whatever its due time: skip the clock.
+                    let (window, start) = (self.s.batch_window, self.start);
+                    let name = name.clone();
+                    // A batch slice would keep the whole batch buffer alive
+                    // for as long as the room holds it (window, single
+                    // message sent as is): hold a copy, once per shard.
+                    let p = if shared { p.detached() } else { p };
+                    self.batch.add(id, &name, p, || {
+                        if window.is_zero() {
+                            start
+                        } else {
+                            Instant::now() + window
+                        }
+                    });
+                }
+            }
+            _ => {
+                // Per-turn batching keeps one order across targets:
+                // flush room batches first. A window holds them.
+                if self.s.batch_window.is_zero() {
+                    self.flush_batches(true);
+                }
+                self.deliver_direct(&p, shared);
+            }
+        }
+    }
+
+    /// `shared`: see [`on_push`](Self::on_push).
+    fn deliver_direct(&mut self, p: &Push, shared: bool) {
         let mut keys = std::mem::take(&mut self.tmp_keys);
         keys.clear();
         match &p.target {
@@ -177,6 +186,7 @@ impl Shard {
             } else {
                 p.packet.clone()
             };
+            let b = frame_to_queue(b, shared, c.queued_bytes());
             self.enqueue(key, b, 1);
         }
         self.tmp_keys = keys;
@@ -313,4 +323,43 @@ fn concat(parts: &[Bytes]) -> Bytes {
         b.extend_from_slice(p);
     }
     b.freeze()
+}
+
+/// The frame to queue behind `queued` bytes. A slice of a shared batch
+/// buffer is copied when it will wait behind others: the byte cap counts
+/// slice lengths, so a backlogged connection holding one small slice per
+/// batch would otherwise keep whole batch buffers alive. A frame for an
+/// empty queue goes out this turn and stays zero-copy.
+fn frame_to_queue(b: Bytes, shared: bool, queued: usize) -> Bytes {
+    if shared && queued > 0 {
+        Bytes::copy_from_slice(&b)
+    } else {
+        b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::frame_to_queue;
+    use bytes::Bytes;
+
+    #[test]
+    fn batch_slices_are_copied_only_behind_a_backlog() {
+        let buf = Bytes::from(vec![7u8; 4096]);
+        let slice = buf.slice(100..200);
+        let in_buf = buf.as_ptr_range();
+
+        // Empty queue: sent this turn, zero-copy.
+        let b = frame_to_queue(slice.clone(), true, 0);
+        assert!(in_buf.contains(&b.as_ptr()));
+
+        // Backlogged: its own 100 bytes, not a view of the 4 KiB buffer.
+        let b = frame_to_queue(slice.clone(), true, 1);
+        assert_eq!(b, slice);
+        assert!(!in_buf.contains(&b.as_ptr()));
+
+        // Not from a batch (one push's own buffer): never copied.
+        let b = frame_to_queue(slice.clone(), false, 1 << 20);
+        assert!(in_buf.contains(&b.as_ptr()));
+    }
 }
