@@ -259,25 +259,26 @@ impl ControlState {
                     return Err("shard stopped");
                 }
                 Err(SendError::Full(m)) => {
+                    if timeout.is_none() && self.stopping.get() {
+                        return Err("server is shutting down");
+                    }
                     let now = Instant::now();
+                    let period = timeout.unwrap_or(self.cfg.push_timeout);
                     let due = *deadline.get_or_insert_with(|| {
                         self.counters.borrow_mut().ring_full_waits[shard] += 1;
-                        now + self.cfg.push_timeout
+                        now + period
                     });
                     if now >= due {
                         if timeout.is_some() {
                             self.counters.borrow_mut().push_timeouts[shard] += 1;
                             return Err("shard ring full past push timeout");
                         }
-                        if self.stopping.get() {
-                            return Err("server is shutting down");
-                        }
                         self.counters.borrow_mut().ring_blocked_waits[shard] += 1;
                         tracing::warn!(
                             shard,
                             "shard ring still full: holding the Kafka batch (backpressure)"
                         );
-                        deadline = Some(now + self.cfg.push_timeout);
+                        deadline = Some(now + period);
                     }
                     msg = m;
                 }
