@@ -116,3 +116,46 @@ fn shutdown_flushes_held_room_batches() {
         "TCP got the held batch before the close"
     );
 }
+
+#[test]
+fn a_burst_past_the_container_limit_arrives_as_several_bounded_containers() {
+    // Default byte cap 256 KiB: containers of at most 64 KiB (WS frame).
+    const LIMIT: usize = 64 * 1024;
+    let srv = server(2000);
+    let mut w = WsClient::connect_auth(srv.ws, &auth_body(1, "", "live://big", &[], None)).unwrap();
+    // 120 pushes of 2 KiB: about 240 KiB, several containers' worth.
+    let sent: Vec<String> = (0..120)
+        .map(|i| format!("{i:04}-{}", "x".repeat(2043)))
+        .collect();
+    for b in &sent {
+        srv.push_room("live", "big", OP_APP, b.as_bytes()).unwrap();
+    }
+
+    let mut got = Vec::new();
+    let mut frames = 0;
+    while got.len() < sent.len() {
+        let b = loop {
+            match w.read_event().expect("read a WS frame") {
+                WsEvent::Binary(b) => break b,
+                WsEvent::Close(c) => panic!("closed after {} messages: {c:?}", got.len()),
+                _ => {}
+            }
+        };
+        // The WS header of a frame this size is 4 bytes (16-bit length).
+        assert!(
+            b.len() + 4 <= LIMIT,
+            "frame of {} bytes > {LIMIT}",
+            b.len() + 4
+        );
+        let (p, n) = parse_packet(&b, 1 << 24)
+            .expect("a goim packet")
+            .expect("a whole packet in the frame");
+        assert_eq!(n, b.len(), "one packet per WS frame");
+        got.extend(bodies(&inner(&p.to_owned())));
+        frames += 1;
+    }
+    assert_eq!(got, sent, "every message, in order");
+    assert!(frames >= 4, "{frames} frames for ~240 KiB");
+    // Not closed as a slow consumer: the connection still answers.
+    w.heartbeat().unwrap();
+}
