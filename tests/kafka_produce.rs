@@ -211,6 +211,8 @@ fn push_with_the_broker_stopped_gets_an_error_reply() {
     )
     .unwrap();
     let node = node(&topic, &["--config", cfg.to_str().unwrap()]);
+    // The config is read at start; nothing to leave behind.
+    let _ = std::fs::remove_dir_all(&dir);
     assert_acked(
         &node,
         "/goim/push/room?operation=1000&type=live&room=1",

@@ -41,6 +41,10 @@ fn jwt_server() -> Server {
         .args(["--jwt-eddsa-public-key", key.to_str().unwrap()])
         .env("CORECAST_JWT_HS256_SECRET", SECRET)
         .start()
+        .inspect(|_| {
+            // Read at start; nothing to leave behind.
+            let _ = std::fs::remove_file(&key);
+        })
         .expect("start corecast")
 }
 

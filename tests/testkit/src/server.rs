@@ -320,6 +320,13 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // A passing test leaves nothing behind; a failing one keeps the
+        // server's log and says where it is.
+        if std::thread::panicking() {
+            eprintln!("corecast server log kept: {}", self.log.display());
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
