@@ -1,9 +1,12 @@
 //! Starting and stopping the server under test: find (or build) the binary,
-//! pick free ports, pin it to its CPU set, wait for `/health`.
+//! let it bind free ports (port 0) and read them from its ready line, pin it
+//! to its CPU set, wait for `/health`.
 
-use std::net::{Ipv4Addr, SocketAddrV4, TcpListener};
+use std::io::{BufRead, BufReader, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -50,14 +53,6 @@ pub struct Server {
     pub http_port: u16,
 }
 
-fn free_port() -> Result<u16> {
-    Ok(
-        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port(),
-    )
-}
-
 impl Server {
     pub fn start(
         bin: &Path,
@@ -66,19 +61,18 @@ impl Server {
         batch_window_ms: u64,
         log_dir: &Path,
     ) -> Result<Self> {
-        let (ws_port, tcp_port, http_port) = (free_port()?, free_port()?, free_port()?);
         // One shard ring holds ≤ ~19k direct descriptors (nofile cap).
         let shards = max_conns.div_ceil(15_000).max(1);
-        let log = std::fs::File::create(log_dir.join("server.log"))?;
+        let mut log = std::fs::File::create(log_dir.join("server.log"))?;
         let cpu_list = parse_cpu_list(cpus)?;
         let mut cmd = Command::new(bin);
         cmd.args(["serve", "--auth-mode", "insecure"])
             .arg("--ws-listen")
-            .arg(format!("127.0.0.1:{ws_port}"))
+            .arg("127.0.0.1:0")
             .arg("--tcp-listen")
-            .arg(format!("127.0.0.1:{tcp_port}"))
+            .arg("127.0.0.1:0")
             .arg("--http-listen")
-            .arg(format!("127.0.0.1:{http_port}"))
+            .arg("127.0.0.1:0")
             .arg("--shards")
             .arg(shards.to_string())
             .arg("--cpus")
@@ -86,8 +80,8 @@ impl Server {
             .arg("--batch-window-ms")
             .arg(batch_window_ms.to_string())
             .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log);
+            .stdout(Stdio::piped())
+            .stderr(log.try_clone()?);
         // SAFETY: pre_exec runs in the forked child before exec; it only calls
         // sched_setaffinity, which is async-signal-safe, on stack data.
         unsafe {
@@ -101,15 +95,55 @@ impl Server {
                 Ok(())
             });
         }
-        let child = cmd
+        let mut child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        // The ports the server bound are in its ready line; the rest of its
+        // stdout goes to the log like stderr.
+        let stdout = child.stdout.take().context("server stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.starts_with("corecast ready ") {
+                    let _ = tx.send(line.clone());
+                }
+                let _ = writeln!(log, "{line}");
+            }
+        });
         let mut server = Server {
             child,
-            ws_port,
-            tcp_port,
-            http_port,
+            ws_port: 0,
+            tcp_port: 0,
+            http_port: 0,
         };
+        let t0 = Instant::now();
+        let line = loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(line) => break line,
+                Err(_) => {
+                    if t0.elapsed() > Duration::from_secs(30) {
+                        bail!("the server printed no ready line within 30 s");
+                    }
+                    if let Some(status) = server.exited() {
+                        let log =
+                            std::fs::read_to_string(log_dir.join("server.log")).unwrap_or_default();
+                        bail!("the server exited at start ({status}): {}", log.trim());
+                    }
+                }
+            }
+        };
+        let port = |name: &str| -> Result<u16> {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                .with_context(|| format!("no {name}= in the ready line {line:?}"))?
+                .parse::<SocketAddr>()
+                .map(|a| a.port())
+                .with_context(|| format!("{name} address in {line:?}"))
+        };
+        server.ws_port = port("ws")?;
+        server.tcp_port = port("tcp")?;
+        server.http_port = port("http")?;
         server.wait_ready(log_dir)?;
         Ok(server)
     }
