@@ -337,11 +337,16 @@ mod tests {
         }
     }
 
+    /// Empty counters, an empty latency histogram and a connection in `state`.
+    fn fresh(state: State) -> (Totals, Histogram<u64>, Conn) {
+        let mut conn = Conn::new();
+        conn.state = state;
+        (Totals::default(), new_histogram(), conn)
+    }
+
     #[test]
     fn tcp_stream_counts_messages_gaps_and_keeps_partial_packets() {
-        let (mut t, mut h) = (Totals::default(), new_histogram());
-        let mut conn = Conn::new();
-        conn.state = State::Ready;
+        let (mut t, mut h, mut conn) = fresh(State::Ready);
         let mut buf = Vec::new();
         for seq in [1u64, 2, 5] {
             encode_packet(1000, 0, &stamp::encode(seq, 1_000_000, 64), &mut buf);
@@ -363,9 +368,7 @@ mod tests {
 
     #[test]
     fn large_containers_count_by_headers_and_find_gaps_from_the_ends() {
-        let (mut t, mut h) = (Totals::default(), new_histogram());
-        let mut conn = Conn::new();
-        conn.state = State::Ready;
+        let (mut t, mut h, mut conn) = fresh(State::Ready);
         // Seqs 1..=10 then 12..=20 (11 missing): two containers of 10 and 9.
         let mut buf = Vec::new();
         for seqs in [(1u64..=10).collect::<Vec<_>>(), (12u64..=20).collect()] {
@@ -388,9 +391,7 @@ mod tests {
 
     #[test]
     fn tcp_runs_of_packets_count_like_containers() {
-        let (mut t, mut h) = (Totals::default(), new_histogram());
-        let mut conn = Conn::new();
-        conn.state = State::Ready;
+        let (mut t, mut h, mut conn) = fresh(State::Ready);
         let mut buf = Vec::new();
         for s in (1u64..=6).chain(8..=12) {
             encode_packet(1000, 0, &stamp::encode(s, 1_000_000, 64), &mut buf);
@@ -408,9 +409,7 @@ mod tests {
 
     #[test]
     fn op9_containers_unpack_and_auth_reply_is_reported() {
-        let (mut t, mut h) = (Totals::default(), new_histogram());
-        let mut conn = Conn::new();
-        conn.state = State::Authing;
+        let (mut t, mut h, mut conn) = fresh(State::Authing);
         let mut buf = encode_packet_to_vec(op::AUTH_REPLY, 1, b"");
         let mut inner = Vec::new();
         encode_packet(1000, 0, b"a", &mut inner);
