@@ -394,8 +394,22 @@ fn batch_dispatch_waits_out_a_full_ring_and_sends_each_shard_once() {
         "{:?}",
         results.lock().unwrap()
     );
-    // Every shard got every push exactly once, in order.
+    // Every shard got every push exactly once, in order. A batch counts as
+    // dispatched once its ring took it; the shard threads pop it a moment
+    // later, so wait until they have drained as much as was sent.
     let want: Vec<u32> = (0..4).flat_map(|i| [1000 + i, 1000 + i]).collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rig
+        .shards
+        .iter()
+        .any(|s| s.seen.lock().unwrap().pushes.len() < want.len())
+    {
+        assert!(
+            Instant::now() < deadline,
+            "shards never drained the batches"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     for (i, shard) in rig.shards.iter().enumerate() {
         let ops: Vec<u32> = shard
             .seen
